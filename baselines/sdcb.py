@@ -1,0 +1,12 @@
+"""SDCB, ViDiT-Q's static-dynamic channel balancing (Zhao et al., 2025): scale, then rotate."""
+
+from benchmark.transform import AffineTransform
+
+
+def sdcb(alpha: float | str = 0.5, hadamard: str = "full", block_size: int = 128) -> AffineTransform:
+    """SDCB: SmoothQuant's static scales followed by a Hadamard rotation; no centering.
+
+    alpha: migration strength in [0, 1], or "auto".
+    hadamard: "full" or "block" (I (x) H_block_size).
+    """
+    return AffineTransform(name="sdcb", alpha=alpha, rotation=hadamard, block_size=block_size)

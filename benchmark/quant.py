@@ -1,0 +1,115 @@
+"""Fake quantizers (quantize, then dequantize, in the input's dtype) and precisions.
+
+Activations: one asymmetric grid per token, from that token's own min and max, computed
+at run time. Weights: one grid per block of ``block_size`` consecutive input channels of
+each output row, min-max asymmetric by default, symmetric as an option.
+
+The asymmetric grid is anchored at the minimum: ``min + k * step`` for k = 0 .. 2^b - 1
+with ``step = (max - min) / (2^b - 1)``. Both ends are on the grid, so the error is at most
+half a step everywhere (no clipping), and a constant token (step 0) is reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Precision", "quantize_activation", "quantize_weight"]
+
+MIN_BITS, MAX_BITS = 2, 8
+_PRECISION = re.compile(r"w(\d+)a(\d+)")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bit widths of weights and activations (``None``: full precision), and the weight
+    grid: blocks of ``weight_block`` input channels, asymmetric unless ``weight_symmetric``."""
+
+    weight_bits: int | None
+    activation_bits: int | None
+    weight_block: int = 128
+    weight_symmetric: bool = False
+
+    @classmethod
+    def parse(cls, name: "str | Precision") -> "Precision":
+        """``"fp"`` or ``"w<b>a<b>"`` with 2 to 8 bits each, e.g. ``"w4a4"``, ``"w6a6"``."""
+        if isinstance(name, Precision):
+            return name
+        text = str(name).strip().lower()
+        if text == "fp":
+            return cls(None, None)
+        match = _PRECISION.fullmatch(text)
+        if match:
+            w, a = int(match[1]), int(match[2])
+            if MIN_BITS <= w <= MAX_BITS and MIN_BITS <= a <= MAX_BITS:
+                return cls(w, a)
+        raise ValueError(
+            f"unknown precision {name!r}: use 'fp' or 'w<bits>a<bits>' with {MIN_BITS} to "
+            f"{MAX_BITS} bits each (e.g. 'w4a4', 'w6a6')"
+        )
+
+    @property
+    def name(self) -> str:
+        if self.weight_bits is None:
+            return "fp"
+        return f"w{self.weight_bits}a{self.activation_bits}"
+
+    @property
+    def is_fp(self) -> bool:
+        return self.weight_bits is None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _check_bits(bits: int) -> None:
+    if not (isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS):
+        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+
+
+def _minmax_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Asymmetric min-max fake quantization along the last dimension."""
+    lo = x.amin(dim=-1, keepdim=True)
+    hi = x.amax(dim=-1, keepdim=True)
+    if torch.isnan(lo).any() or torch.isnan(hi).any():
+        raise ValueError("cannot quantize a tensor that contains NaN")
+    levels = 2**bits - 1
+    step = (hi - lo) / levels
+    step = torch.where(step > 0, step, torch.ones_like(step))  # constant row: exact at lo
+    q = torch.clamp(torch.round((x - lo) / step), 0, levels)
+    return q * step + lo
+
+
+def quantize_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-token (last dimension) dynamic asymmetric fake quantization to ``bits`` bits."""
+    _check_bits(bits)
+    return _minmax_fake_quant(x, bits)
+
+
+def quantize_weight(
+    weight: torch.Tensor, bits: int, block_size: int = 128, symmetric: bool = False
+) -> torch.Tensor:
+    """Fake-quantize a ``(out, in)`` weight in blocks of ``block_size`` input channels.
+
+    When ``in`` is not a multiple of the block size the last block is shorter; it is padded
+    with copies of its own last column, which changes neither its min nor its max.
+    """
+    _check_bits(bits)
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    rows, cols = weight.shape
+    pad = (-cols) % block_size
+    padded = torch.cat([weight, weight[:, -1:].expand(rows, pad)], dim=1) if pad else weight
+    blocks = padded.reshape(rows, -1, block_size)
+    if symmetric:
+        if torch.isnan(blocks).any():
+            raise ValueError("cannot quantize a tensor that contains NaN")
+        qmax = 2 ** (bits - 1) - 1
+        step = blocks.abs().amax(dim=-1, keepdim=True) / qmax
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        out = torch.clamp(torch.round(blocks / step), -qmax, qmax) * step
+    else:
+        out = _minmax_fake_quant(blocks, bits)
+    return out.reshape(rows, -1)[:, :cols]

@@ -1,0 +1,304 @@
+"""Activation transforms: the plugin API and the one design space the baselines live in.
+
+Every shipped transform is an invertible affine map of a linear layer's input, folded into
+its weights so that the full-precision output does not change (GUIDE section 1)::
+
+    x~ = R diag(s)^-1 (x - mu)      online, per token (mu: this sample's channel means)
+    W~ = W diag(s) R^T              offline, folded once, then quantized
+    y  = W~ x~ + W mu + b           exact, since W~ x~ = W (x - mu)
+
+``AffineTransform`` is that map with its three switches (center, scale, rotate); each
+baseline in ``baselines/`` is one point of it. A plugin that does something else entirely
+subclasses ``Transform`` and returns its own module from ``quantize``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hadamard import HadamardRotation
+from .quant import Precision, quantize_activation, quantize_weight
+
+__all__ = [
+    "AffineTransform", "CalibrationStats", "CORRECTIONS", "QuantizedGroup", "Transform",
+    "TransformedLinear",
+]
+
+# How the per-sample bias correction W mu reaches the output (only for centering transforms).
+CORRECTIONS = {
+    "quantized_token": "m~ = R diag(s)^-1 mu appended as one more token: quantized per token "
+                       "and multiplied by the quantized W~, like every other token (the paper)",
+    "fp_token": "m~ kept in full precision, multiplied by the quantized W~",
+    "exact": "W mu with the original full-precision weights",
+}
+AUTO_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+_EPS = 1e-5
+
+
+@dataclass
+class CalibrationStats:
+    """What a transform may learn about one input from calibration data.
+
+    Statistics are over all calibration tokens of all samples; "centered" means each
+    token minus the mean of its own sample (what a centering transform quantizes).
+    ``sample`` is a bounded subsample of raw activations, (samples, tokens, channels),
+    for searches such as ``alpha="auto"``.
+    """
+
+    absmax: torch.Tensor
+    centered_absmax: torch.Tensor
+    mean: torch.Tensor
+    tokens: int
+    sample: torch.Tensor | None = None
+
+    @classmethod
+    def from_activations(cls, x: torch.Tensor, max_sample_tokens: int = 4096,
+                         seed: int = 0) -> "CalibrationStats":
+        """Statistics of ``x``: (samples, tokens, channels), or (tokens, channels) for one."""
+        x = x.detach().float()
+        if x.dim() == 2:
+            x = x[None]
+        if x.dim() != 3 or x.shape[1] == 0:
+            raise ValueError(f"calibration activations must be (samples, tokens, channels), "
+                             f"got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("calibration activations contain NaN or Inf")
+        centered = x - x.mean(dim=1, keepdim=True)
+        per_sample = max(1, max_sample_tokens // x.shape[0])
+        if x.shape[1] > per_sample:
+            gen = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(x.shape[1], generator=gen)[:per_sample].sort().values
+            sample = x[:, keep]
+        else:
+            sample = x
+        return cls(
+            absmax=x.abs().amax(dim=(0, 1)),
+            centered_absmax=centered.abs().amax(dim=(0, 1)),
+            mean=x.mean(dim=(0, 1)),
+            tokens=x.shape[0] * x.shape[1],
+            sample=sample.clone(),
+        )
+
+    def merge(self, other: "CalibrationStats", max_sample_tokens: int = 4096) -> "CalibrationStats":
+        """Combine the statistics of two disjoint sets of samples."""
+        total = self.tokens + other.tokens
+        samples = [s for s in (self.sample, other.sample) if s is not None]
+        sample = None
+        if samples:
+            tokens = min(s.shape[1] for s in samples)
+            sample = torch.cat([s[:, :tokens] for s in samples])
+            keep = max(1, max_sample_tokens // tokens)
+            sample = sample[-keep:] if sample.shape[0] > keep else sample
+        return CalibrationStats(
+            absmax=torch.maximum(self.absmax, other.absmax),
+            centered_absmax=torch.maximum(self.centered_absmax, other.centered_absmax),
+            mean=(self.mean * self.tokens + other.mean * other.tokens) / total,
+            tokens=total,
+            sample=sample,
+        )
+
+
+class QuantizedGroup(nn.Module):
+    """What a transform returns: one module standing for a group of linears that read the
+    same input. ``forward(x)`` returns a tuple with one output per linear, in order.
+    ``describe()`` says what was done, for the results."""
+
+    def describe(self) -> dict:
+        return {}
+
+
+class Transform(abc.ABC):
+    """A plugin. ``quantize`` replaces a group of linears that share their input.
+
+    ``linears``: the group (q/k/v, cross-attention k/v, or one linear); ``precision``: the
+    bit widths; ``stats``: calibration statistics of the group's input, or None when the
+    caller has none (a transform that needs them raises a ValueError then).
+    """
+
+    name: str = "transform"
+
+    @abc.abstractmethod
+    def quantize(self, linears: Sequence[nn.Linear], precision: Precision,
+                 stats: CalibrationStats | None) -> QuantizedGroup:
+        ...
+
+    def config(self) -> dict:
+        """The transform's hyper-parameters, recorded with every result."""
+        return {}
+
+
+def smoothquant_scale(absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha)  (Xiao et al., 2023)."""
+    w_absmax = weight.abs().amax(dim=0).clamp(min=_EPS)
+    return (absmax.clamp(min=_EPS) ** alpha / w_absmax ** (1 - alpha)).clamp(min=_EPS)
+
+
+class TransformedLinear(QuantizedGroup):
+    """Linears sharing an input, behind one centre/scale/rotate transform and quantizers.
+
+    The group's folded weights are stacked into one matrix, so the whole group costs one
+    transform of the input and one matmul.
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear], precision: Precision, *, center: bool,
+                 scale: torch.Tensor | None, rotation: HadamardRotation | None,
+                 correction: str = "quantized_token", info: dict | None = None):
+        super().__init__()
+        weight = torch.cat([lin.weight.detach() for lin in linears])
+        dtype, device = weight.dtype, weight.device
+        self.out_features = [lin.out_features for lin in linears]
+        self.precision, self.center, self.correction = precision, center, correction
+        self.info = dict(info or {})
+        biases = [lin.bias.detach() if lin.bias is not None
+                  else torch.zeros(lin.out_features, dtype=dtype, device=device) for lin in linears]
+        self.register_buffer("bias", torch.cat(biases) if any(l.bias is not None for l in linears) else None)
+
+        folded = weight.double()
+        if scale is not None:
+            folded = folded * scale.double().to(device)
+            self.register_buffer("inv_scale", (1.0 / scale.double()).to(dtype=dtype, device=device))
+        else:
+            self.inv_scale = None
+        self.rotation = rotation.to(device) if rotation is not None else None
+        if rotation is not None:
+            folded = self.rotation(folded)  # rows: (W diag(s) R^T)^T = R diag(s) W^T
+        folded = folded.to(dtype)
+        if not precision.is_fp:
+            folded = quantize_weight(folded, precision.weight_bits, precision.weight_block,
+                                     precision.weight_symmetric)
+        self.register_buffer("weight", folded)
+        # Only the exact correction needs the original weights (full precision W mu).
+        keep_original = center and correction == "exact"
+        self.register_buffer("original_weight", weight.clone() if keep_original else None)
+
+    def transform_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x -> (x~, mu): the online part, before activation quantization."""
+        mu = x.mean(dim=-2, keepdim=True) if self.center else None
+        h = x - mu if mu is not None else x
+        if self.inv_scale is not None:
+            h = h * self.inv_scale
+        if self.rotation is not None:
+            h = self.rotation(h)
+        return h, mu
+
+    def _quantize_act(self, h: torch.Tensor) -> torch.Tensor:
+        bits = self.precision.activation_bits
+        return h if bits is None else quantize_activation(h, bits)
+
+    def forward(self, x: torch.Tensor):
+        h, mu = self.transform_input(x)
+        y = F.linear(self._quantize_act(h), self.weight, self.bias)
+        if mu is not None:
+            y = y + self.mean_term(mu)
+        return tuple(y.split(self.out_features, dim=-1))
+
+    def mean_term(self, mu: torch.Tensor) -> torch.Tensor:
+        """W mu, computed as the correction mode says. Quantizing the appended token on its
+        own is the same as appending it to the sequence: the activation grid is per token."""
+        if self.correction == "exact":
+            return F.linear(mu, self.original_weight)
+        m = mu * self.inv_scale if self.inv_scale is not None else mu
+        if self.rotation is not None:
+            m = self.rotation(m)
+        if self.correction == "quantized_token":
+            m = self._quantize_act(m)
+        return F.linear(m, self.weight)
+
+    def describe(self) -> dict:
+        out = {"precision": self.precision.name, "center": self.center,
+               "scale": self.inv_scale is not None,
+               "rotation": None if self.rotation is None else self.rotation.extra_repr()}
+        if self.center:
+            out["correction"] = self.correction
+        return {**out, **self.info}
+
+
+@dataclass
+class AffineTransform(Transform):
+    """x~ = R diag(s)^-1 (x - mu), the design space of the six baselines.
+
+    center:       subtract each sample's per-channel mean over its tokens (dynamic).
+    alpha:        None for s = 1; a float in [0, 1] for SmoothQuant's rule on calibration
+                  absmax (of centred activations when ``center``); "auto" to pick, per
+                  group, the alpha of ``AUTO_ALPHA_GRID`` with the least quantized output
+                  error on the calibration sample.
+    rotation:     None, "full" (one Hadamard over all channels) or "block" (I (x) H_block).
+    block_size:   block of the "block" rotation.
+    random_signs: R = H D with random signs D (QuaRot); ``seed`` draws them.
+    correction:   how W mu is added back, one of ``CORRECTIONS``.
+    """
+
+    name: str = "affine"
+    center: bool = False
+    alpha: float | str | None = None
+    rotation: str | None = None
+    block_size: int = 128
+    random_signs: bool = False
+    seed: int = 0
+    correction: str = "quantized_token"
+
+    def __post_init__(self):
+        if self.rotation not in (None, "full", "block"):
+            raise ValueError(f"rotation must be None, 'full' or 'block', got {self.rotation!r}")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {sorted(CORRECTIONS)}, got {self.correction!r}")
+        if isinstance(self.alpha, str) and self.alpha != "auto":
+            raise ValueError(f"alpha must be a number in [0, 1], 'auto' or None, got {self.alpha!r}")
+        if isinstance(self.alpha, (int, float)) and not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    def config(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+    def _rotation(self, channels: int) -> HadamardRotation | None:
+        if self.rotation is None:
+            return None
+        block = None if self.rotation == "full" else self.block_size
+        return HadamardRotation(channels, block, self.random_signs, self.seed)
+
+    def quantize(self, linears, precision, stats=None) -> TransformedLinear:
+        linears = list(linears)
+        precision = Precision.parse(precision)
+        channels = linears[0].in_features
+        if any(lin.in_features != channels for lin in linears):
+            raise ValueError("the linears of a group must have the same in_features")
+        rotation = self._rotation(channels)
+        if self.alpha is None:
+            return self._build(linears, precision, None, rotation, {})
+        if stats is None:
+            raise ValueError(f"transform {self.name!r} scales channels (alpha={self.alpha!r}) "
+                             "and needs calibration statistics")
+        weight = torch.cat([lin.weight.detach() for lin in linears]).float().cpu()
+        absmax = stats.centered_absmax if self.center else stats.absmax
+        if self.alpha != "auto":
+            scale = smoothquant_scale(absmax, weight, float(self.alpha))
+            return self._build(linears, precision, scale, rotation, {"alpha": float(self.alpha)})
+        return self._search_alpha(linears, precision, stats, absmax, weight, rotation)
+
+    def _build(self, linears, precision, scale, rotation, info) -> TransformedLinear:
+        return TransformedLinear(linears, precision, center=self.center, scale=scale,
+                                 rotation=rotation, correction=self.correction, info=info)
+
+    @torch.no_grad()
+    def _search_alpha(self, linears, precision, stats, absmax, weight, rotation):
+        if stats.sample is None:
+            raise ValueError("alpha='auto' needs calibration activations (CalibrationStats.sample)")
+        device, dtype = linears[0].weight.device, linears[0].weight.dtype
+        sample = stats.sample.to(device=device, dtype=dtype)
+        reference = torch.cat([lin(sample) for lin in linears], dim=-1)
+        errors = {}
+        for alpha in AUTO_ALPHA_GRID:
+            module = self._build(linears, precision, smoothquant_scale(absmax, weight, alpha),
+                                 rotation, {})
+            out = torch.cat(module(sample), dim=-1)
+            errors[alpha] = (out - reference).double().pow(2).mean().item()
+        best = min(errors, key=errors.get)
+        return self._build(linears, precision, smoothquant_scale(absmax, weight, best), rotation,
+                           {"alpha": best, "alpha_search": "auto", "alpha_mse": errors[best]})
