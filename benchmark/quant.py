@@ -52,13 +52,12 @@ class Precision:
 
     @property
     def name(self) -> str:
-        if self.weight_bits is None:
+        if self.weight_bits is None and self.activation_bits is None:
             return "fp"
-        return f"w{self.weight_bits}a{self.activation_bits}"
-
-    @property
-    def is_fp(self) -> bool:
-        return self.weight_bits is None
+        name = f"w{self.weight_bits or 'fp'}a{self.activation_bits or 'fp'}"
+        if self.weight_block != 128 or self.weight_symmetric:
+            name += f"-g{self.weight_block}" + ("-sym" if self.weight_symmetric else "")
+        return name
 
     def __str__(self) -> str:
         return self.name
@@ -71,8 +70,7 @@ def _check_bits(bits: int) -> None:
 
 def _minmax_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Asymmetric min-max fake quantization along the last dimension."""
-    lo = x.amin(dim=-1, keepdim=True)
-    hi = x.amax(dim=-1, keepdim=True)
+    lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
     if torch.isnan(lo).any() or torch.isnan(hi).any():
         raise ValueError("cannot quantize a tensor that contains NaN")
     levels = 2**bits - 1

@@ -72,7 +72,9 @@ def transforms() -> dict[str, TransformEntry]:
 def load_plugin_file(path: str | Path) -> list[str]:
     """Import a plugin file and register its ``TRANSFORMS``; returns the names it added."""
     path = Path(path)
-    if not path.is_file() or path.suffix != ".py":
+    if not path.is_file():
+        raise ValueError(f"plugin {path}: no such file")
+    if path.suffix != ".py":
         raise ValueError(f"plugin {path}: not a .py file")
     spec = importlib.util.spec_from_file_location(f"hadabench_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)

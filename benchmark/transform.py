@@ -170,7 +170,7 @@ class TransformedLinear(QuantizedGroup):
         if rotation is not None:
             folded = self.rotation(folded)  # rows: (W diag(s) R^T)^T = R diag(s) W^T
         folded = folded.to(dtype)
-        if not precision.is_fp:
+        if precision.weight_bits is not None:
             folded = quantize_weight(folded, precision.weight_bits, precision.weight_block,
                                      precision.weight_symmetric)
         self.register_buffer("weight", folded)

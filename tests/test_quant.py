@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from benchmark.quant import Precision, quantize_activation, quantize_weight
+
+
+@pytest.mark.parametrize("name, w, a", [("w4a4", 4, 4), ("w6a6", 6, 6), ("W8A8", 8, 8),
+                                        ("w4a8", 4, 8), ("w2a3", 2, 3)])
+def test_precision_parse(name, w, a):
+    p = Precision.parse(name)
+    assert (p.weight_bits, p.activation_bits) == (w, a)
+    assert Precision.parse(p.name) == p
+
+
+def test_precision_fp():
+    p = Precision.parse("fp")
+    assert p.weight_bits is None and p.activation_bits is None and p.name == "fp"
+
+
+@pytest.mark.parametrize("bad", ["w4", "w1a4", "w4a9", "w16a16", "int4", "", "w4a4x"])
+def test_precision_rejects(bad):
+    with pytest.raises(ValueError, match="unknown precision"):
+        Precision.parse(bad)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6, 8])
+def test_activation_error_at_most_half_step(bits):
+    x = torch.randn(16, 50, 96) * torch.rand(96) * 10 + 3
+    q = quantize_activation(x, bits)
+    step = (x.amax(-1, keepdim=True) - x.amin(-1, keepdim=True)) / (2**bits - 1)
+    assert q.dtype == x.dtype and q.shape == x.shape
+    assert ((q - x).abs() <= step / 2 * (1 + 1e-5) + 1e-6).all()
+    # per token: the token's own min and max are on its grid
+    assert torch.allclose(q.amin(-1), x.amin(-1)) and torch.allclose(q.amax(-1), x.amax(-1))
+    # at most 2^bits distinct values per token
+    assert max(len(torch.unique(row)) for row in q.reshape(-1, 96)) <= 2**bits
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_values_on_the_grid_survive(bits):
+    lo, step = -1.25, 0.5
+    levels = torch.randint(0, 2**bits, (8, 64)).float()
+    levels[:, 0], levels[:, 1] = 0, 2**bits - 1  # the grid's ends fix min and max
+    x = lo + levels * step
+    assert torch.equal(quantize_activation(x, bits), x)
+    q = quantize_activation(torch.randn(8, 64), bits)
+    assert torch.allclose(quantize_activation(q, bits), q, atol=1e-6)  # idempotent
+
+
+def test_constant_and_zero_tokens_are_exact():
+    x = torch.full((3, 5, 32), 0.7)
+    x[1] = 0.0
+    x[2, :, :] = -123.456
+    assert torch.equal(quantize_activation(x, 4), x)
+    assert torch.equal(quantize_weight(torch.zeros(4, 300), 4), torch.zeros(4, 300))
+
+
+def test_nan_raises():
+    x = torch.randn(2, 8)
+    x[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        quantize_activation(x, 4)
+    with pytest.raises(ValueError, match="NaN"):
+        quantize_weight(x, 4)
+    with pytest.raises(ValueError, match="NaN"):
+        quantize_weight(x, 4, symmetric=True)
+
+
+def test_bits_out_of_range():
+    with pytest.raises(ValueError, match="bits"):
+        quantize_activation(torch.randn(3, 4), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dtype_preserved(dtype):
+    x = torch.randn(4, 64).to(dtype)
+    assert quantize_activation(x, 4).dtype == dtype
+    assert quantize_weight(x, 4).dtype == dtype
+
+
+def test_weight_blocks_are_independent():
+    w = torch.randn(6, 256)
+    w[:, 128:] *= 100  # the second block's range must not leak into the first
+    q = quantize_weight(w, 4, block_size=128)
+    first = quantize_weight(w[:, :128], 4, block_size=128)
+    assert torch.equal(q[:, :128], first)
+    step = (w[:, :128].amax(1) - w[:, :128].amin(1)) / 15
+    assert ((q[:, :128] - w[:, :128]).abs() <= step[:, None] / 2 + 1e-6).all()
+
+
+def test_weight_dimension_not_a_multiple_of_the_block():
+    w = torch.randn(5, 300)  # blocks of 128, 128, 44
+    q = quantize_weight(w, 4)
+    assert q.shape == w.shape
+    assert torch.equal(q[:, 256:], quantize_weight(w[:, 256:], 4, block_size=128))
+    for lo, hi in [(0, 128), (128, 256), (256, 300)]:
+        block = w[:, lo:hi]
+        step = (block.amax(1) - block.amin(1)) / 15
+        assert ((q[:, lo:hi] - block).abs() <= step[:, None] / 2 + 1e-6).all()
+
+
+def test_symmetric_weights():
+    w = torch.randn(4, 128)
+    q = quantize_weight(w, 4, symmetric=True)
+    step = w.abs().amax(1, keepdim=True) / 7
+    assert ((q / step).round() - q / step).abs().max() < 1e-4  # multiples of the step
+    assert ((q - w).abs() <= step / 2 + 1e-6).all()
+    assert torch.equal(quantize_weight(-w, 4, symmetric=True), -q)  # symmetric grid
