@@ -178,6 +178,9 @@ class HadamardRotation(torch.nn.Module):
         """Dense R (float64), for tests."""
         return self(torch.eye(self.size, dtype=torch.float64)).T
 
+    def describe(self) -> dict:
+        return {"size": self.size, "block": self.block, "factors": self.factor_sizes,
+                "random_signs": self.signs is not None}
+
     def extra_repr(self) -> str:
-        return f"size={self.size}, block={self.block}, factors={self.factor_sizes}, " \
-               f"random_signs={self.signs is not None}"
+        return ", ".join(f"{k}={v}" for k, v in self.describe().items())

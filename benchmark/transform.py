@@ -214,7 +214,7 @@ class TransformedLinear(QuantizedGroup):
     def describe(self) -> dict:
         out = {"precision": self.precision.name, "center": self.center,
                "scale": self.inv_scale is not None,
-               "rotation": None if self.rotation is None else self.rotation.extra_repr()}
+               "rotation": None if self.rotation is None else self.rotation.describe()}
         if self.center:
             out["correction"] = self.correction
         return {**out, **self.info}
