@@ -73,9 +73,80 @@ def cmd_microbench(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .runner import Run
+
+    flags = {"model": args.model, "precisions": args.precisions, "transforms": args.transforms,
+             "plugins": args.plugin or None, "captions": args.captions,
+             "coco_annotations": args.coco_annotations, "caption_file": args.caption_file,
+             "calib_size": args.calib_size, "eval_size": args.eval_size, "steps": args.steps,
+             "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
+             "guidance_scale": args.guidance_scale, "metrics": args.metrics,
+             "kernel": args.kernel, "cache_dir": args.cache_dir}
+    run = Run(load_config(args.config, flags))
+    run.prepare()
+    return run.execute()
+
+
+def cmd_leaderboard(args) -> int:
+    from .leaderboard import render
+    from .results import write_atomic
+
+    text = render(args.results, args.output)
+    write_atomic(args.output, text)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check, write_baseline
+
+    if args.write_baseline:
+        write_baseline(args.results, args.baseline)
+        print(f"wrote baseline {args.baseline}")
+        return 0
+    return check(args.results, args.baseline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hadabench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the benchmark (precisions x transforms on one model)")
+    run.add_argument("--config", help="a TOML file; the flags below override it")
+    run.add_argument("--model", help="embedded (default), a hub id or a local pipeline folder")
+    run.add_argument("--precisions", help="comma-separated, default w4a4,w6a6 (fp: the exactness check)")
+    run.add_argument("--transforms", help="comma-separated names, each optionally name(key=value,...); "
+                                         "default the six baselines")
+    run.add_argument("--plugin", action="append", metavar="FILE", help="load transforms from a .py file")
+    run.add_argument("--captions", help="embedded (default), coco or file")
+    run.add_argument("--coco-annotations", metavar="FILE", help="captions_val2017.json (or 2014)")
+    run.add_argument("--caption-file", metavar="FILE", help="one caption per line")
+    run.add_argument("--calib-size", type=int, metavar="N")
+    run.add_argument("--eval-size", type=int, metavar="N")
+    run.add_argument("--steps", type=int, help="denoising steps (default 20)")
+    run.add_argument("--seed", type=int, help="caption splits and per-caption seeds (default 0)")
+    run.add_argument("--guidance-scale", type=float)
+    run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--dtype", help="float32 (default), float16 or bfloat16")
+    run.add_argument("--metrics", help="comma-separated: sqnr,clip_score,clip_iqa (default all)")
+    run.add_argument("--kernel", help="auto (default), torch or triton: the online transform's path")
+    run.add_argument("--cache-dir", help="where calibration statistics are cached")
+    run.add_argument("--out", help="the run folder (default results)")
+    run.set_defaults(func=cmd_run)
+
+    board = sub.add_parser("leaderboard", help="write markdown tables from result files")
+    board.add_argument("results", nargs="+", help="results.json files or run folders")
+    board.add_argument("-o", "--output", default="leaderboard/README.md")
+    board.set_defaults(func=cmd_leaderboard)
+
+    gate = sub.add_parser("check", help="fail when a run regresses against a baseline")
+    gate.add_argument("results", help="the run's results.json or folder")
+    gate.add_argument("--baseline", required=True, help="a results file with a tolerance table")
+    gate.add_argument("--write-baseline", action="store_true",
+                      help="make RESULTS the baseline (keeping the baseline's tolerance)")
+    gate.set_defaults(func=cmd_check)
 
     ls = sub.add_parser("ls", help="list transforms (with their source) and precisions")
     ls.set_defaults(func=cmd_ls)
