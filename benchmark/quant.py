@@ -76,8 +76,8 @@ def _minmax_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
     levels = 2**bits - 1
     step = (hi - lo) / levels
     step = torch.where(step > 0, step, torch.ones_like(step))  # constant row: exact at lo
-    q = torch.clamp(torch.round((x - lo) / step), 0, levels)
-    return q * step + lo
+    q = (x - lo).div_(step).round_().clamp_(0, levels)  # in place: one buffer, fewer passes
+    return q.mul_(step).add_(lo)
 
 
 def quantize_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
