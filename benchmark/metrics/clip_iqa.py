@@ -1,0 +1,110 @@
+"""CLIP-IQA (Wang et al. 2023) with pyiqa's ``clipiqa`` metric: per image in [0, 1], higher is better.
+
+pyiqa scores an image by how much CLIP prefers ten positive prompts over their negatives
+("Good image" vs "bad image", "Sharp image" vs "blurry image", ...), on OpenAI's RN50 CLIP.
+That backbone is a TorchScript archive, ``RN50.pt``. We always give pyiqa the file's path,
+so pyiqa never downloads anything: when the file is missing, the metric is not computed.
+The default path is where openai-clip and pyiqa cache it, ``<torch hub dir>/clip/RN50.pt``.
+
+Install: pyiqa's declared dependencies weigh about 1.25 GB (bitsandbytes, facexlib,
+tensorboard, dev tools) that ``clipiqa`` never imports. Its import chain needs only::
+
+    pip install --no-deps pyiqa==0.1.16
+    pip install openai-clip==1.0.1 opencv-python-headless pyyaml requests huggingface_hub
+
+(with torch and torchvision; openai-clip imports ``pkg_resources``: ``setuptools<81``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from . import MetricResult, image_batch, logger
+
+NAME = "clip_iqa"
+RN50_URL = ("https://openaipublic.azureedge.net/clip/models/"
+            "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt")
+RN50_SHA256 = RN50_URL.split("/")[-2]  # OpenAI names the folder after the file's sha256
+
+
+def default_weights() -> Path:
+    return Path(torch.hub.get_dir()) / "clip" / "RN50.pt"
+
+
+class ClipIQA:
+    """Accumulates CLIP-IQA over batches: ``update(images)``, then ``result()``.
+
+    Build it with ``ClipIQA.load(weights)``; ``weights`` is a CLIP TorchScript archive
+    (OpenAI's ``RN50.pt`` by default).
+    """
+
+    def __init__(self, metric=None, *, details: dict, device="cpu", batch_size: int = 16,
+                 reason: str | None = None):
+        if metric is None and reason is None:
+            raise ValueError("ClipIQA needs a pyiqa metric, or the reason why there is none")
+        self.metric, self.details, self.reason = metric, details, reason
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.reset()
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None, *, device="cpu", batch_size: int = 16) -> "ClipIQA":
+        """Build pyiqa's ``clipiqa`` once per run on a local CLIP archive; "not computed" if it can't."""
+        path = Path(weights) if weights is not None else default_weights()
+        details = {"implementation": "pyiqa clipiqa", "weights": str(path)}
+        try:
+            import pyiqa
+        except ImportError as error:
+            reason = f"pyiqa is not installed ({error})"
+        else:
+            details["pyiqa"] = pyiqa.__version__
+            if not path.is_file():
+                reason = f"CLIP weights not found at {path} (download {RN50_URL} there)"
+            else:
+                sha = hashlib.sha256(path.read_bytes()).hexdigest()
+                details["weights_sha256"] = sha
+                details["official_rn50"] = sha == RN50_SHA256  # the paper's backbone, or another CLIP
+                try:
+                    # backbone= a file path: pyiqa loads it as is, with no download.
+                    metric = pyiqa.create_metric("clipiqa", device=torch.device(device), backbone=os.fspath(path))
+                    return cls(metric, details=details, device=device, batch_size=batch_size)
+                except Exception as error:  # a corrupt or foreign file: report it, let the run go on
+                    reason = f"pyiqa cannot build clipiqa on {path}: {type(error).__name__}: {error}"
+        logger.warning("%s not computed: %s", NAME, reason)
+        return cls(details=details, device=device, batch_size=batch_size, reason=reason)
+
+    @property
+    def available(self) -> bool:
+        return self.metric is not None
+
+    def reset(self) -> None:
+        self._scores: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def scores(self, images) -> torch.Tensor:
+        """Per-image CLIP-IQA (B,), images as in ``image_batch`` (full resolution, no resize)."""
+        if not self.available:
+            raise RuntimeError(f"{NAME} is not available: {self.reason}")
+        images = image_batch(images, NAME)
+        return torch.cat([self.metric(images[i:i + self.batch_size].to(self.device)).reshape(-1).cpu()
+                          for i in range(0, len(images), self.batch_size)])
+
+    def update(self, images) -> torch.Tensor | None:
+        """Score one batch and keep it; None (nothing kept) when the metric is not available."""
+        if not self.available:
+            return None
+        scores = self.scores(images)
+        self._scores.append(scores)
+        return scores
+
+    def result(self) -> MetricResult:
+        if not self.available:
+            return MetricResult.not_computed(NAME, self.reason, self.details)
+        if not self._scores:
+            return MetricResult.not_computed(NAME, "no samples", self.details)
+        scores = torch.cat(self._scores).double()
+        return MetricResult(NAME, scores.mean().item(), scores.tolist(), None,
+                            {**self.details, "samples": len(scores)})
