@@ -1,0 +1,100 @@
+"""The kernels' correctness checks, natively on a GPU: ``python -m benchmark.kernels.gpu_check``.
+
+One verdict line per case (size, rotation, dtype, bits, dot precision): PASS/FAIL with the
+mismatch count against the torch reference computed in float32 (the kernel's numerics; see
+``benchmark.kernels``), and, for information, against the native-dtype torch path. Output
+buffers are filled with NaN first, so an element the kernel never writes shows up. Exit
+status 1 when any case fails, 2 when there is no CUDA device or no triton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..hadamard import HadamardRotation
+from . import compare_outputs, fused_transform_quantize, torch_transform_quantize, triton_available
+
+# name: (channels, rotation block (None: full, 0: none), random signs, center, scale)
+CASES = {
+    "64-full": (64, None, False, True, True),
+    "128-full-signs": (128, None, True, False, False),
+    "1152-full": (1152, None, False, True, True),
+    "1152-full-signs": (1152, None, True, True, True),
+    "4608-full": (4608, None, False, True, True),
+    "4608-full-signs": (4608, None, True, False, False),
+    "1152-block128": (1152, 128, False, True, True),
+    "4608-block128-signs": (4608, 128, True, True, True),
+    "1152-none": (1152, 0, False, True, True),
+    "4608-quant-only": (4608, 0, False, False, False),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BITS = (2, 3, 4, 5, 6, 7, 8, None)
+
+
+def require_gpu() -> None:
+    """Exit with status 2 and a clear message when the GPU scripts cannot run here."""
+    why = None
+    if not torch.cuda.is_available():
+        why = ("no CUDA device: the GPU scripts need one (CI runs the same kernels under "
+               "TRITON_INTERPRET=1 in tests/test_kernels.py)")
+    elif not triton_available():
+        why = "triton is not installed: pip install triton"
+    if why:
+        print(why, file=sys.stderr)
+        raise SystemExit(2)
+
+
+def inputs(channels, dtype, center, scale, samples, tokens, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    kw = dict(generator=gen, device="cuda")
+    x = (torch.randn(samples, tokens, channels, **kw)
+         * (0.1 + 4 * torch.rand(channels, **kw) ** 4) + 2 * torch.randn(channels, **kw)).to(dtype)
+    mu = x.mean(dim=-2, keepdim=True) if center else None
+    inv_scale = (0.25 + torch.rand(channels, **kw)).to(dtype) if scale else None
+    return x, mu, inv_scale
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=1024, help="tokens per sample")
+    parser.add_argument("--precision", nargs="+", default=["split3", "tf32x3", "ieee"],
+                        help="tl.dot input precisions to check")
+    parser.add_argument("--max-fraction", type=float, default=2e-3,
+                        help="largest allowed fraction of one-step mismatches")
+    args = parser.parse_args(argv)
+    require_gpu()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"{args.samples}x{args.tokens} tokens per case", flush=True)
+    failures = 0
+    for name, (channels, block, signs, center, scale) in CASES.items():
+        rotation = None if block == 0 else HadamardRotation(channels, block, signs, seed=3).cuda()
+        for dname, dtype in DTYPES.items():
+            x, mu, inv_scale = inputs(channels, dtype, center, scale, args.samples, args.tokens)
+            for bits in BITS:
+                ref = torch_transform_quantize(x, mu, inv_scale, rotation, bits,
+                                               compute_dtype=torch.float32)
+                native = torch_transform_quantize(x, mu, inv_scale, rotation, bits)
+                for precision in args.precision if rotation is not None else args.precision[:1]:
+                    out = torch.full_like(x, float("nan"))
+                    try:
+                        fused_transform_quantize(x, mu, inv_scale, rotation, bits, out=out,
+                                                 precision=precision)
+                        torch.cuda.synchronize()
+                        report = compare_outputs(out, ref, bits)
+                        verdict = "PASS" if report.ok(args.max_fraction) else "FAIL"
+                        detail = f"{report} | vs native {dname} torch: {compare_outputs(out, native, bits)}"
+                    except Exception as error:  # one broken case must not hide the others
+                        verdict, detail = "FAIL", f"{type(error).__name__}: {error}"
+                    failures += verdict == "FAIL"
+                    label = f"a{bits}" if bits is not None else "no-quant"
+                    print(f"{verdict} {name:20s} {dname} {label:8s} {precision:7s} {detail}", flush=True)
+    print(f"{'ALL PASS' if not failures else f'{failures} FAILED'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

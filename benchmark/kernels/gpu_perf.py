@@ -1,0 +1,249 @@
+"""Speed of the fused kernels on a GPU: ``python -m benchmark.kernels.gpu_perf``.
+
+Prints one table:
+
+- kernel rows: for each transform's online part and width (1152, 4608), bf16, W4A4's 4-bit
+  activations, ``--tokens`` rows: the torch path and the fused kernel (mu precomputed for
+  both; the mean itself has its own row), the bytes the fused kernel must move (read x, write
+  the result, plus mu, scales and the +-1 matrices) and its bandwidth as a fraction of the
+  measured device-to-device copy bandwidth (``copy_`` of a large buffer: 2 x bytes / time);
+- model rows: one denoising step of a PixArt-Sigma-sized transformer (random-init diffusers
+  ``PixArtTransformer2DModel``: 28 blocks, hidden 1152 = 16 heads x 72, ``--latent`` 128 ->
+  64 x 64 = 4096 image tokens at patch 2, 300 text tokens, batch 2, bf16) at full precision
+  and at W4A4 with each transform, torch path and fused path, as ratios to full precision.
+
+The W4A4 model swaps each block's linears for ``benchmark.quantize_linear`` groups with the
+small local helper below (the project's own model-quantization code does not exist yet):
+attn1 q/k/v share one transform of their input, as do attn2 k/v. Channel scales come from
+random calibration statistics: the values do not matter for timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import CalibrationStats, HadamardRotation, quantize_linear
+from . import fused_transform_quantize, torch_transform_quantize
+from .gpu_check import require_gpu
+from .plan import plan_layout
+
+# Linears of one PixArt block that read the same input, in the order the block calls them.
+GROUPS = (("attn1.to_q", "attn1.to_k", "attn1.to_v"), ("attn1.to_out.0",), ("attn2.to_q",),
+          ("attn2.to_k", "attn2.to_v"), ("attn2.to_out.0",), ("ff.net.0.proj",), ("ff.net.2",))
+TRANSFORMS = {"none": {}, "smoothquant": {"alpha": 0.5}, "quarot": {}, "sdcb": {"alpha": 0.5},
+              "dyncenter": {}, "hadanorm": {"alpha": 0.5}}
+# The online part of each transform: (center, scale, rotation block: None full, 0 none, signs)
+KERNELS = {"none": (False, False, 0, False), "smoothquant": (False, True, 0, False),
+           "dyncenter": (True, False, 0, False), "quarot": (False, False, None, True),
+           "sdcb": (False, True, None, False), "hadanorm": (True, True, None, False),
+           "hadanorm-block128": (True, True, 128, False)}
+
+
+# --- the fused path for a TransformedLinear (what the owner's backend="triton" will do) ---
+
+def fused_group_forward(group, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``TransformedLinear.forward`` with the online transform and quantizer in one kernel."""
+    bits = group.precision.activation_bits
+    mu = x.mean(dim=-2, keepdim=True) if group.center else None
+    h = fused_transform_quantize(x, mu, group.inv_scale, group.rotation, bits)
+    y = F.linear(h, group.weight, group.bias)
+    if mu is not None:
+        if group.correction == "exact":
+            y = y + F.linear(mu, group.original_weight)
+        else:  # the mean token m~ = R diag(s)^-1 mu goes through the same kernel
+            m_bits = bits if group.correction == "quantized_token" else None
+            m = fused_transform_quantize(mu, None, group.inv_scale, group.rotation, m_bits)
+            y = y + F.linear(m, group.weight)
+    return tuple(y.split(group.out_features, dim=-1))
+
+
+class _Shared(nn.Module):
+    """One group behind its linears' slots: computed once per input tensor."""
+
+    def __init__(self, group, fused: bool):
+        super().__init__()
+        self.group, self.fused = group, fused
+        self._key, self._out = None, None
+
+    def outputs(self, x):
+        if x is not self._key:  # q, k and v are called with the very same tensor
+            self._out = fused_group_forward(self.group, x) if self.fused else self.group(x)
+            self._key = x
+        return self._out
+
+
+class _Slot(nn.Module):
+    def __init__(self, shared: _Shared, index: int):
+        super().__init__()
+        self.shared, self.index = shared, index
+
+    def forward(self, x, *args, **kwargs):
+        return self.shared.outputs(x)[self.index]
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def swap_in(model, transform: str, params: dict, precision: str = "w4a4", fused: bool = False):
+    """Replace every block's linears by quantized groups; returns a function that undoes it."""
+    undo = []
+    for block in model.transformer_blocks:
+        for names in GROUPS:
+            linears = [block.get_submodule(n) for n in names]
+            channels = linears[0].in_features
+            stats = CalibrationStats.from_activations(
+                torch.randn(1, 64, channels, generator=torch.Generator().manual_seed(channels)))
+            group = quantize_linear(linears, transform, precision, calibration=stats, **params)
+            shared = _Shared(group, fused)
+            for i, (name, linear) in enumerate(zip(names, linears)):
+                undo.append((block, name, linear))
+                _set(block, name, _Slot(shared, i))
+
+    def restore():
+        for block, name, linear in reversed(undo):
+            _set(block, name, linear)
+    return restore
+
+
+def build_pixart(latent: int, layers: int = 28, heads: int = 16, head_dim: int = 72,
+                 caption_channels: int = 4096):
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
+        cross_attention_dim=heads * head_dim, sample_size=latent, caption_channels=caption_channels,
+        interpolation_scale=max(1, latent // 64), use_additional_conditions=False).eval()
+
+
+def pixart_inputs(model, batch: int, text_tokens: int, device, dtype):
+    cfg = model.config
+    gen = torch.Generator().manual_seed(1)
+    latents = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
+    text = torch.randn(batch, text_tokens, cfg.caption_channels, generator=gen)
+    return dict(hidden_states=latents.to(device, dtype), encoder_hidden_states=text.to(device, dtype),
+                timestep=torch.full((batch,), 999, device=device),
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
+
+
+# --- timing ---
+
+def cuda_ms(fn, warmup: int = 3, iters: int = 10) -> float:
+    """Median milliseconds of ``fn()`` over ``iters`` runs, by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float) -> list[list]:
+    rows = []
+    for channels in (1152, 4608):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(samples, tokens // samples, channels, generator=gen, device="cuda").to(dtype)
+        mu = x.mean(dim=-2, keepdim=True)
+        inv_scale = (torch.rand(channels, generator=gen, device="cuda") + 0.5).to(dtype)
+        elt = x.element_size()
+        mean_ms = cuda_ms(lambda: x.mean(dim=-2, keepdim=True))
+        mean_bytes = x.numel() * elt
+        # mu comes from torch's mean (a reduction over tokens, before the fused pass); its
+        # bandwidth columns are torch's here.
+        rows.append(["channel mean (torch)", channels, mean_ms, None, None, mean_bytes / 1e6,
+                     mean_bytes / (mean_ms * 1e-3) / 1e9, 100 * mean_bytes / (mean_ms * 1e-3) / copy_bw,
+                     None, None])
+        for name, (center, scale, block, signs) in KERNELS.items():
+            rot = None if block == 0 else HadamardRotation(channels, block, signs, seed=0).cuda()
+            args = (x, mu if center else None, inv_scale if scale else None, rot, bits)
+            out = torch.empty_like(x)
+            torch_ms = cuda_ms(lambda: torch_transform_quantize(*args))
+            fused_ms = cuda_ms(lambda: fused_transform_quantize(*args, out=out))
+            layout = plan_layout(channels, rot)
+            moved = 2 * x.numel() * elt + (mu.numel() * elt if center else 0) \
+                + (channels * elt if scale else 0) + (channels * 4 if signs else 0) \
+                + 4 * ((layout.rows_p ** 2 if layout.left is not None else 0)
+                       + (layout.cols_p ** 2 if layout.right is not None else 0))
+            bw = moved / (fused_ms * 1e-3)
+            rows.append([f"{name} a{bits}", channels, torch_ms, fused_ms, torch_ms / fused_ms,
+                         moved / 1e6, bw / 1e9, 100 * bw / copy_bw, None, None])
+    return rows
+
+
+def model_rows(latent: int, layers: int, batch: int, text_tokens: int, dtype, iters: int) -> list[list]:
+    model = build_pixart(latent, layers).to("cuda", dtype)
+    inputs = pixart_inputs(model, batch, text_tokens, "cuda", dtype)
+
+    def step():
+        with torch.no_grad():
+            model(**inputs)
+
+    fp_ms = cuda_ms(step, warmup=2, iters=iters)
+    rows = [["PixArt step fp", f"{(latent // 2) ** 2} tok", fp_ms, None, None, None, None, None,
+             1.0, None]]
+    for name, params in TRANSFORMS.items():
+        times = {}
+        for fused in (False, True):
+            restore = swap_in(model, name, params, "w4a4", fused=fused)
+            try:
+                times[fused] = cuda_ms(step, warmup=2, iters=iters)
+            finally:
+                restore()
+                torch.cuda.empty_cache()
+        rows.append([f"PixArt step w4a4 {name}", f"{(latent // 2) ** 2} tok", times[False],
+                     times[True], times[False] / times[True], None, None, None,
+                     times[False] / fp_ms, times[True] / fp_ms])
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=8192, help="rows of the kernel benchmark")
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--latent", type=int, default=128, help="latent side (128 -> 4096 tokens)")
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--text-tokens", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=5, help="timed model steps per setting")
+    parser.add_argument("--skip-model", action="store_true")
+    args = parser.parse_args(argv)
+    require_gpu()
+    from tabulate import tabulate
+
+    dtype = torch.bfloat16
+    copy_bw = copy_bandwidth()
+    print(f"device: {torch.cuda.get_device_name()}; measured D2D copy bandwidth "
+          f"{copy_bw / 1e9:.0f} GB/s; bf16", flush=True)
+    rows = kernel_rows(args.tokens, args.batch, args.bits, dtype, copy_bw)
+    if not args.skip_model:
+        rows += model_rows(args.latent, args.layers, args.batch, args.text_tokens, dtype, args.iters)
+    headers = ["what", "size", "torch ms", "fused ms", "speed-up", "fused MB moved",
+               "fused GB/s", "% of copy bw", "torch / fp", "fused / fp"]
+    print(tabulate(rows, headers=headers, floatfmt=".3g", missingval="-"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

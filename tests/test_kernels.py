@@ -1,0 +1,210 @@
+"""The fused transform-and-quantize kernels, run by Triton's CPU interpreter.
+
+TRITON_INTERPRET must be set before triton compiles a kernel (``@triton.jit`` reads it), so
+it is set here, before ``benchmark.kernels`` imports its kernel module. Few tokens: the
+interpreter runs every program in Python.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import benchmark  # noqa: E402,F401
+from benchmark import HadamardRotation, TransformedLinear  # noqa: E402
+from benchmark.kernels import (compare_outputs, fused_supported, fused_transform_quantize,  # noqa: E402
+                               interpreting, torch_transform_quantize, triton_available)
+from benchmark.kernels.plan import plan_layout  # noqa: E402
+from benchmark.quant import Precision  # noqa: E402
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+needs_interpreter = pytest.mark.skipif(
+    not interpreting(), reason="TRITON_INTERPRET is off in this process: the kernels need it on CPU")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+BITS = [2, 3, 4, 5, 6, 7, 8, None]
+# (channels, rotation block (None: full, 0: no rotation), random signs, center, scale)
+CASES = {
+    "64-full": (64, None, False, True, True),
+    "128-full-signs": (128, None, True, False, False),
+    "1152-full": (1152, None, False, True, True),         # H_36 (x) H_32
+    "4608-full-signs": (4608, None, True, True, True),    # H_36 (x) H_128
+    "1152-block128": (1152, 128, False, True, True),
+    "4608-block128-signs": (4608, 128, True, False, True),
+    "1152-none": (1152, 0, False, True, True),            # SmoothQuant / Dyn. Center: no rotation
+    "4608-quant-only": (4608, 0, False, False, False),
+}
+
+
+def make_inputs(channels, dtype, center, scale, samples=2, tokens=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # Channel means and outlier channels, like real activations.
+    x = (torch.randn(samples, tokens, channels, generator=gen)
+         * (0.1 + 4 * torch.rand(channels, generator=gen) ** 4)
+         + 2 * torch.randn(channels, generator=gen)).to(dtype)
+    mu = x.mean(dim=-2, keepdim=True) if center else None
+    inv_scale = (0.25 + torch.rand(channels, generator=gen)).to(dtype) if scale else None
+    return x, mu, inv_scale
+
+
+def make_rotation(channels, block, signs):
+    return None if block == 0 else HadamardRotation(channels, block, signs, seed=3)
+
+
+def run_poisoned(x, *args, **kwargs):
+    out = torch.full_like(x, float("nan"))  # any element the kernel fails to write stays NaN
+    result = fused_transform_quantize(x, *args, out=out, **kwargs)
+    assert result is out
+    return out
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_torch_reference(case, dtype):
+    channels, block, signs, center, scale = CASES[case]
+    x, mu, inv_scale = make_inputs(channels, dtype, center, scale)
+    rotation = make_rotation(channels, block, signs)
+    for bits in BITS:
+        out = run_poisoned(x, mu, inv_scale, rotation, bits)
+        ref = torch_transform_quantize(x, mu, inv_scale, rotation, bits, compute_dtype=torch.float32)
+        report = compare_outputs(out, ref, bits)
+        assert report.ok(), f"bits={bits}: {report}"
+        if dtype == torch.float32:  # fp32 in: the native torch path is the reference itself
+            native = torch_transform_quantize(x, mu, inv_scale, rotation, bits)
+            assert compare_outputs(out, native, bits).ok()
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize("precision", ["tf32x3", "ieee"])
+def test_other_dot_precisions(precision):
+    # The default "split3" runs in every other test; the interpreter computes the dots in
+    # fp32 whatever the precision, so this checks the plumbing, not tf32's rounding.
+    x, mu, inv_scale = make_inputs(1152, torch.bfloat16, True, True)
+    rotation = HadamardRotation(1152, random_signs=True)
+    out = run_poisoned(x, mu, inv_scale, rotation, 4, precision=precision)
+    ref = torch_transform_quantize(x, mu, inv_scale, rotation, 4, compute_dtype=torch.float32)
+    assert compare_outputs(out, ref, 4).ok()
+    with pytest.raises(ValueError, match="precision"):
+        fused_transform_quantize(x, mu, inv_scale, rotation, 4, precision="tf32")
+
+
+@needs_triton
+@needs_interpreter
+def test_several_rows_per_program_and_a_ragged_tail():
+    x, mu, inv_scale = make_inputs(1152, torch.float32, True, True, samples=3, tokens=5)
+    rotation = HadamardRotation(1152)
+    ref = torch_transform_quantize(x, mu, inv_scale, rotation, 4)
+    for rows_per_prog in (1, 4, 16):  # 15 rows: 4 leaves a partial last program, 16 one program
+        out = run_poisoned(x, mu, inv_scale, rotation, 4, rows_per_prog=rows_per_prog)
+        assert compare_outputs(out, ref, 4).ok()
+
+
+@needs_triton
+@needs_interpreter
+def test_constant_row_nan_row_and_shapes():
+    x, _, _ = make_inputs(128, torch.float32, False, False, samples=1, tokens=4)
+    x[0, 1] = 1.5                      # constant token: step 0, reproduced exactly
+    x[0, 2, 7] = float("nan")          # a NaN token: the whole token must come out NaN
+    out = run_poisoned(x, None, None, None, 4)
+    assert torch.equal(out[0, 1], x[0, 1])
+    assert torch.isnan(out[0, 2]).all()
+    ok = [0, 3]
+    assert compare_outputs(out[:, ok], torch_transform_quantize(x[:, ok], bits=4), 4).ok()
+    # 2-D input (one sample), a (C,) mean, and a non-contiguous input.
+    x2 = torch.randn(6, 256, dtype=torch.float64)[:, ::2].float()
+    rot = HadamardRotation(128, random_signs=True)
+    mu = x2.mean(dim=0)
+    got = fused_transform_quantize(x2, mu, None, rot, 3)
+    assert compare_outputs(got, torch_transform_quantize(x2, mu, None, rot, 3), 3).ok()
+    assert fused_transform_quantize(x2[:0], None, None, rot, 3).shape == (0, 128)
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_elementwise_path_is_bit_exact(dtype):
+    # (x - mu) * s in fp32, one rounding to nearest even: exactly torch's fp32 path cast back.
+    # Catches a truncating conversion, which the one-ulp tolerance of compare_outputs allows.
+    x, mu, inv_scale = make_inputs(1152, dtype, True, True, tokens=4)
+    out = run_poisoned(x, mu, inv_scale, None, None)
+    assert torch.equal(out, torch_transform_quantize(x, mu, inv_scale, None, None,
+                                                     compute_dtype=torch.float32))
+
+
+def test_reference_is_the_transformed_linear_path():
+    """torch_transform_quantize mirrors TransformedLinear.transform_input + its quantizer."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1152, 64)
+    scale = torch.rand(1152) + 0.5
+    group = TransformedLinear([lin], Precision(4, 4), center=True, scale=scale,
+                              rotation=HadamardRotation(1152, random_signs=True))
+    x = torch.randn(2, 5, 1152)
+    h, mu = group.transform_input(x)
+    want = group._quantize_act(h)
+    got = torch_transform_quantize(x, mu, group.inv_scale, group.rotation, 4)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("channels, block", [(64, None), (128, None), (1152, None), (4608, None),
+                                             (4608, 128), (1152, 128), (256, None), (96, None),
+                                             (4608, 1152), (24, None)])
+def test_tile_layout_is_the_rotation(channels, block):
+    # plan_layout checks itself against the rotation and raises on a wrong split.
+    layout = plan_layout(channels, HadamardRotation(channels, block, random_signs=True))
+    assert layout.rows * layout.cols == channels
+    assert layout.rows_p >= 16 and layout.cols_p >= 16  # tl.dot's minimum
+
+
+def test_unsupported_layout_is_refused():
+    with pytest.raises(ValueError, match="torch backend"):
+        plan_layout(36 * 2**12, HadamardRotation(36 * 2**12))
+
+
+@needs_triton
+def test_rejects_bad_arguments(monkeypatch):
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="bits"):
+        fused_transform_quantize(x, bits=1)
+    with pytest.raises(TypeError, match="float32"):
+        fused_transform_quantize(x.double(), bits=4)
+    with pytest.raises(ValueError, match="inv_scale"):
+        fused_transform_quantize(x, inv_scale=torch.ones(63), bits=4)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not fused_supported(x)
+    with pytest.raises(RuntimeError, match="CUDA tensor"):
+        fused_transform_quantize(x, bits=4)
+
+
+def test_reports_when_triton_is_missing(monkeypatch):
+    import benchmark.kernels as kernels
+
+    monkeypatch.setattr(kernels.importlib.util, "find_spec", lambda name: None)
+    assert not kernels.triton_available() and not kernels.fused_supported(torch.randn(2, 64))
+    with pytest.raises(RuntimeError, match="triton is not installed"):
+        kernels.fused_transform_quantize(torch.randn(2, 64), bits=4)
+
+
+@needs_triton
+@needs_interpreter
+def test_gpu_perf_model_swap_on_a_tiny_pixart():
+    """gpu_perf's W4A4 swap on a tiny PixArt: fused and torch paths agree, undo restores."""
+    pytest.importorskip("diffusers")
+    from benchmark.kernels.gpu_perf import build_pixart, pixart_inputs, swap_in
+
+    model = build_pixart(latent=4, layers=1, heads=2, head_dim=64, caption_channels=32)
+    inputs = pixart_inputs(model, batch=2, text_tokens=3, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        full = model(**inputs)[0]
+        outs = []
+        for fused in (False, True):
+            restore = swap_in(model, "hadanorm", {"alpha": 0.5}, "w4a4", fused=fused)
+            outs.append(model(**inputs)[0])
+            restore()
+        assert torch.equal(model(**inputs)[0], full)
+    assert not torch.equal(outs[0], full)  # quantization did happen
+    assert torch.allclose(outs[1], outs[0], rtol=0, atol=1e-4 * outs[0].abs().max().item())
