@@ -28,13 +28,19 @@ def _parse_params(pairs: list[str]) -> dict:
 
 
 def cmd_ls(args) -> int:
+    from .models import MODELS
     from .registry import transforms
+    from .scoring import METRICS
 
     rows = [[e.name, e.source, ", ".join(f"{k}={v!r}" for k, v in e.defaults.items()) or "-", e.summary]
             for e in sorted(transforms().values(), key=lambda e: e.name)]
     print("Transforms:\n")
     print(tabulate(rows, headers=["name", "source", "parameters (defaults)", "description"],
                    tablefmt="github"))
+    print("\nModels (--model):\n")
+    print(tabulate(MODELS.items(), headers=["model", "description"], tablefmt="github"))
+    print("\nMetrics (--metrics):\n")
+    print(tabulate(METRICS.items(), headers=["metric", "description"], tablefmt="github"))
     print("\nPrecisions: fp, w<b>a<b> with 2 to 8 bits each (e.g. w4a4, w6a6, w8a8, w4a8)")
     return 0
 
@@ -83,17 +89,18 @@ def cmd_run(args) -> int:
              "calib_size": args.calib_size, "eval_size": args.eval_size, "steps": args.steps,
              "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
              "guidance_scale": args.guidance_scale, "metrics": args.metrics,
-             "kernel": args.kernel, "cache_dir": args.cache_dir}
-    run = Run(load_config(args.config, flags))
+             "kernel": args.kernel, "cache_dir": args.cache_dir,
+             "download_weights": args.download_weights or None}
+    run = Run(load_config(args.config, flags), fresh=args.fresh)
     run.prepare()
     return run.execute()
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import render
+    from .leaderboard import find_results, render
     from .results import write_atomic
 
-    text = render(args.results, args.output)
+    text = render(find_results(args.results), args.output)
     write_atomic(args.output, text)
     print(f"wrote {args.output}")
     return 0
@@ -132,12 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="float32 (default), float16 or bfloat16")
     run.add_argument("--metrics", help="comma-separated: sqnr,clip_score,clip_iqa (default all)")
     run.add_argument("--kernel", help="auto (default), torch or triton: the online transform's path")
+    run.add_argument("--download-weights", action="store_true",
+                     help="let CLIP score and CLIP-IQA fetch missing weights (otherwise: not computed)")
     run.add_argument("--cache-dir", help="where calibration statistics are cached")
-    run.add_argument("--out", help="the run folder (default results)")
+    run.add_argument("--out", help="the run folder (default results); a rerun into it resumes")
+    run.add_argument("--fresh", action="store_true",
+                     help="start over in --out instead of resuming (its old results are replaced)")
     run.set_defaults(func=cmd_run)
 
     board = sub.add_parser("leaderboard", help="write markdown tables from result files")
-    board.add_argument("results", nargs="+", help="results.json files or run folders")
+    board.add_argument("results", nargs="+",
+                       help="results.json files, run folders, or folders of run folders")
     board.add_argument("-o", "--output", default="leaderboard/README.md")
     board.set_defaults(func=cmd_leaderboard)
 

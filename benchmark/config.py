@@ -20,7 +20,7 @@ __all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
 
 DEFAULT_TRANSFORMS = "none,smoothquant,quarot,sdcb,dyncenter,hadanorm"
 # Fields that say where results go or how fast they come, not what they are.
-NOT_HASHED = ("out", "cache_dir", "kernel")
+NOT_HASHED = ("out", "cache_dir", "kernel", "download_weights")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class RunConfig:
     eval_size: int = 16
     steps: int = 20
     seed: int = 0
-    guidance_scale: float = 4.5
+    guidance_scale: float | None = None  # None: the model's own default
     resolution: int | None = None  # None: the model's own sample size
     dtype: str = "float32"
     device: str | None = None  # None: cuda when available, else cpu
@@ -102,6 +102,7 @@ class RunConfig:
     clip_pretrained: str = "openai"
     metrics: list[str] = field(default_factory=lambda: ["sqnr", "clip_score", "clip_iqa"])
     kernel: str = "auto"
+    download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
     out: str = "results"
     cache_dir: str | None = None
 
@@ -123,6 +124,8 @@ class RunConfig:
         unknown = set(self.metrics) - {"sqnr", "clip_score", "clip_iqa"}
         if unknown:
             raise ValueError(f"unknown metric {sorted(unknown)[0]!r}: use sqnr, clip_score, clip_iqa")
+        if not self.metrics:
+            raise ValueError("no metrics given")
         if self.kernel not in ("auto", "torch", "triton"):
             raise ValueError(f"unknown kernel {self.kernel!r}: use auto, torch or triton")
         return self

@@ -77,24 +77,45 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     return lines
 
 
+def find_results(paths: list[str | Path]) -> list[Path]:
+    """results.json files, run folders, and folders holding run folders, in a stable order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir() and not (path / "results.json").exists():
+            runs = sorted(path.glob("*/results.json"))
+            if not runs:
+                raise ValueError(f"{path}: no results.json in it or in its sub-folders")
+            found += runs
+        else:
+            found.append(path)
+    return found
+
+
 def render(result_files: list[str | Path], output: str | Path) -> str:
     from .results import read_results
 
     link_base = Path(output).resolve().parent
     lines = ["# hadabench leaderboard", "",
-             "Each table: one model at one precision, 20-step generations from the same captions "
-             "and seeds. SQNR: of the final latents against the full-precision run, mean of "
-             "per-sample dB. CLIP score: 100 · max(cos(image, caption), 0). n/a: not computed "
-             "(the reason is below the table). Best quantized value of each column in bold.", ""]
+             "Each table: one model at one precision, generations from the same captions and "
+             "seeds as its full-precision run. SQNR: of the final latents against the "
+             "full-precision run, mean of per-sample dB. CLIP score: 100 · max(cos(image, "
+             "caption), 0). n/a: not computed (the reason is below the table). Best quantized "
+             "value of each column in bold.", ""]
     for path in result_files:
         results = read_results(path)
         results["_dir"] = str(Path(path).resolve() if Path(path).is_dir() else Path(path).resolve().parent)
         config = results["config"]
+        captions = results.get("captions", {})
         for precision in config["precisions"]:
-            lines += [f"## {config['model']} · {precision}", ""]
+            lines += [f"## {config['model']} · {precision}", "",
+                      f"{len(captions.get('evaluation', {}).get('ids', []))} {config['captions']} "
+                      f"captions, {config['steps']} steps, seed {config['seed']}.", ""]
             lines += _table(results, precision, link_base)
-        reasons = {name: setup.get("reason") for name, setup in results.get("metric_setup", {}).items()
-                   if setup.get("status") != "computed"}
+        setup = results.get("metric_setup", {})
+        reasons = {name: entry.get("reason") for name, entry in setup.items()
+                   if entry.get("status") != "computed"}
+        reasons.update({name: "not requested in this run (--metrics)" for name in ("clip_score", "clip_iqa")
+                        if name not in setup})
         for name, reason in reasons.items():
             lines += [f"- **{name}** not computed: {reason}"]
         if reasons:

@@ -177,24 +177,30 @@ class TransformedLinear(QuantizedGroup):
         # Only the exact correction needs the original weights (full precision W mu).
         keep_original = center and correction == "exact"
         self.register_buffer("original_weight", weight.clone() if keep_original else None)
+        self.use_kernel("auto")
 
-    def transform_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x -> (x~, mu): the online part, before activation quantization."""
-        mu = x.mean(dim=-2, keepdim=True) if self.center else None
+    def use_kernel(self, kernel: str) -> "TransformedLinear":
+        """Run the online part with "torch", "triton" (the fused kernel) or "auto"."""
+        from .kernels import resolve_kernel
+
+        self.kernel = resolve_kernel(kernel, self.weight.device)
+        return self
+
+    def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None) -> torch.Tensor:
+        """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input."""
+        if self.kernel == "triton":
+            from .kernels import fused_transform_quantize
+            return fused_transform_quantize(x, mu, self.inv_scale, self.rotation, bits)
         h = x - mu if mu is not None else x
         if self.inv_scale is not None:
             h = h * self.inv_scale
         if self.rotation is not None:
             h = self.rotation(h)
-        return h, mu
-
-    def _quantize_act(self, h: torch.Tensor) -> torch.Tensor:
-        bits = self.precision.activation_bits
         return h if bits is None else quantize_activation(h, bits)
 
     def forward(self, x: torch.Tensor):
-        h, mu = self.transform_input(x)
-        y = F.linear(self._quantize_act(h), self.weight, self.bias)
+        mu = x.mean(dim=-2, keepdim=True) if self.center else None
+        y = F.linear(self.online(x, mu, self.precision.activation_bits), self.weight, self.bias)
         if mu is not None:
             y = y + self.mean_term(mu)
         return tuple(y.split(self.out_features, dim=-1))
@@ -204,17 +210,14 @@ class TransformedLinear(QuantizedGroup):
         own is the same as appending it to the sequence: the activation grid is per token."""
         if self.correction == "exact":
             return F.linear(mu, self.original_weight)
-        m = mu * self.inv_scale if self.inv_scale is not None else mu
-        if self.rotation is not None:
-            m = self.rotation(m)
-        if self.correction == "quantized_token":
-            m = self._quantize_act(m)
-        return F.linear(m, self.weight)
+        bits = self.precision.activation_bits if self.correction == "quantized_token" else None
+        return F.linear(self.online(mu, None, bits), self.weight)
 
     def describe(self) -> dict:
         out = {"precision": self.precision.name, "center": self.center,
                "scale": self.inv_scale is not None,
-               "rotation": None if self.rotation is None else self.rotation.describe()}
+               "rotation": None if self.rotation is None else self.rotation.describe(),
+               "kernel": self.kernel}
         if self.center:
             out["correction"] = self.correction
         return {**out, **self.info}

@@ -15,7 +15,8 @@ import torch  # noqa: E402
 import benchmark  # noqa: E402,F401
 from benchmark import HadamardRotation, TransformedLinear  # noqa: E402
 from benchmark.kernels import (compare_outputs, fused_supported, fused_transform_quantize,  # noqa: E402
-                               interpreting, torch_transform_quantize, triton_available)
+                               interpreting, resolve_kernel, torch_transform_quantize,
+                               triton_available)
 from benchmark.kernels.plan import plan_layout  # noqa: E402
 from benchmark.quant import Precision  # noqa: E402
 
@@ -136,18 +137,43 @@ def test_elementwise_path_is_bit_exact(dtype):
                                                      compute_dtype=torch.float32))
 
 
-def test_reference_is_the_transformed_linear_path():
-    """torch_transform_quantize mirrors TransformedLinear.transform_input + its quantizer."""
+def _hadanorm_group(channels=1152):
     torch.manual_seed(0)
-    lin = torch.nn.Linear(1152, 64)
-    scale = torch.rand(1152) + 0.5
-    group = TransformedLinear([lin], Precision(4, 4), center=True, scale=scale,
-                              rotation=HadamardRotation(1152, random_signs=True))
+    lin = torch.nn.Linear(channels, 64)
+    scale = torch.rand(channels) + 0.5
+    return TransformedLinear([lin], Precision(4, 4), center=True, scale=scale,
+                             rotation=HadamardRotation(channels, random_signs=True))
+
+
+def test_reference_is_the_transformed_linear_path():
+    """torch_transform_quantize is TransformedLinear's torch path, step for step."""
+    group = _hadanorm_group()
+    assert group.kernel == "torch"  # "auto" on the CPU
     x = torch.randn(2, 5, 1152)
-    h, mu = group.transform_input(x)
-    want = group._quantize_act(h)
+    mu = x.mean(dim=-2, keepdim=True)
     got = torch_transform_quantize(x, mu, group.inv_scale, group.rotation, 4)
-    assert torch.equal(got, want)
+    assert torch.equal(got, group.online(x, mu, 4))
+
+
+def test_kernel_choice():
+    assert resolve_kernel("torch", "cpu") == "torch"
+    assert resolve_kernel("auto", "cpu") == "torch"  # the fused path is for CUDA
+    with pytest.raises(ValueError, match="unknown kernel"):
+        resolve_kernel("cuda", "cpu")
+    if not (triton_available() and interpreting()):
+        with pytest.raises(ValueError, match="cannot run on cpu"):
+            resolve_kernel("triton", "cpu")
+
+
+@needs_triton
+@needs_interpreter
+def test_transformed_linear_on_the_fused_kernel_matches_the_torch_path():
+    group = _hadanorm_group(256)
+    x = torch.randn(2, 7, 256) + 3 * torch.randn(256)  # channel means that centering removes
+    want = group(x)[0]
+    assert group.use_kernel("triton").describe()["kernel"] == "triton"
+    got = group(x)[0]
+    assert torch.allclose(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("channels, block", [(64, None), (128, None), (1152, None), (4608, None),

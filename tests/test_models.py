@@ -57,7 +57,7 @@ def test_tiny_pipeline_loads_from_hub_cache_offline(tiny_folder, tmp_path):
 
 
 def test_load_errors_are_clear(tmp_path):
-    with pytest.raises(OSError, match="cannot load a pipeline from 'hadabench/absent'"):
+    with pytest.raises(ValueError, match="cannot load a pipeline from 'hadabench/absent'"):
         load_model("hadabench/absent", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="unknown dtype"):
         load_model("embedded", dtype="int3")

@@ -28,7 +28,7 @@ from ..quant import MAX_BITS, MIN_BITS, quantize_activation
 from .plan import TileLayout, plan_layout
 
 __all__ = [
-    "MatchReport", "compare_outputs", "fused_supported", "fused_transform_quantize",
+    "KERNELS", "MatchReport", "resolve_kernel", "compare_outputs", "fused_supported", "fused_transform_quantize",
     "interpreting", "torch_transform_quantize", "triton_available",
 ]
 
@@ -39,6 +39,26 @@ PRECISIONS = ("split3", "tf32x3", "ieee")
 def triton_available() -> bool:
     """True when triton can be imported (it is an optional dependency)."""
     return importlib.util.find_spec("triton") is not None
+
+
+KERNELS = ("auto", "torch", "triton")
+
+
+def resolve_kernel(kernel: str, device: torch.device | str) -> str:
+    """The path the online transform takes on ``device``: "torch" or "triton".
+
+    "auto" is triton on CUDA when triton is installed, torch elsewhere; "triton" where it
+    cannot run is an error, never a silent fallback."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: use {', '.join(KERNELS)}")
+    device = torch.device(device)
+    runnable = triton_available() and (device.type == "cuda" or (interpreting() and device.type == "cpu"))
+    if kernel == "triton" and not runnable:
+        raise ValueError(f"kernel 'triton' cannot run on {device}: it needs triton and a CUDA device "
+                         "(or TRITON_INTERPRET=1 on the CPU)")
+    if kernel == "auto":
+        return "triton" if runnable and device.type == "cuda" else "torch"
+    return kernel
 
 
 def interpreting() -> bool:

@@ -12,10 +12,9 @@ Prints one table:
   64 x 64 = 4096 image tokens at patch 2, 300 text tokens, batch 2, bf16) at full precision
   and at W4A4 with each transform, torch path and fused path, as ratios to full precision.
 
-The W4A4 model swaps each block's linears for ``benchmark.quantize_linear`` groups with the
-small local helper below (the project's own model-quantization code does not exist yet):
-attn1 q/k/v share one transform of their input, as do attn2 k/v. Channel scales come from
-random calibration statistics: the values do not matter for timing.
+The W4A4 model is quantized with the model adapters' own target swapping (q/k/v share one
+transform of their input, as do the cross-attention k/v); the fused path is the kernel
+choice ``kernel="triton"`` that ``hadabench run --kernel`` makes.
 """
 
 from __future__ import annotations
@@ -25,17 +24,13 @@ import statistics
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .. import CalibrationStats, HadamardRotation, quantize_linear
+from .. import CalibrationStats, HadamardRotation
+from ..models.base import ModelAdapter
 from . import fused_transform_quantize, torch_transform_quantize
 from .gpu_check import require_gpu
 from .plan import plan_layout
 
-# Linears of one PixArt block that read the same input, in the order the block calls them.
-GROUPS = (("attn1.to_q", "attn1.to_k", "attn1.to_v"), ("attn1.to_out.0",), ("attn2.to_q",),
-          ("attn2.to_k", "attn2.to_v"), ("attn2.to_out.0",), ("ff.net.0.proj",), ("ff.net.2",))
 TRANSFORMS = {"none": {}, "smoothquant": {"alpha": 0.5}, "quarot": {}, "sdcb": {"alpha": 0.5},
               "dyncenter": {}, "hadanorm": {"alpha": 0.5}}
 # The online part of each transform: (center, scale, rotation block: None full, 0 none, signs)
@@ -45,72 +40,33 @@ KERNELS = {"none": (False, False, 0, False), "smoothquant": (False, True, 0, Fal
            "hadanorm-block128": (True, True, 128, False)}
 
 
-# --- the fused path for a TransformedLinear (what the owner's backend="triton" will do) ---
+class _Transformer(ModelAdapter):
+    """A bare transformer behind the adapter interface, for its target swapping."""
 
-def fused_group_forward(group, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``TransformedLinear.forward`` with the online transform and quantizer in one kernel."""
-    bits = group.precision.activation_bits
-    mu = x.mean(dim=-2, keepdim=True) if group.center else None
-    h = fused_transform_quantize(x, mu, group.inv_scale, group.rotation, bits)
-    y = F.linear(h, group.weight, group.bias)
-    if mu is not None:
-        if group.correction == "exact":
-            y = y + F.linear(mu, group.original_weight)
-        else:  # the mean token m~ = R diag(s)^-1 mu goes through the same kernel
-            m_bits = bits if group.correction == "quantized_token" else None
-            m = fused_transform_quantize(mu, None, group.inv_scale, group.rotation, m_bits)
-            y = y + F.linear(m, group.weight)
-    return tuple(y.split(group.out_features, dim=-1))
+    name = "pixart-sized"
 
-
-class _Shared(nn.Module):
-    """One group behind its linears' slots: computed once per input tensor."""
-
-    def __init__(self, group, fused: bool):
+    def __init__(self, transformer):
         super().__init__()
-        self.group, self.fused = group, fused
-        self._key, self._out = None, None
+        self.transformer = transformer
 
-    def outputs(self, x):
-        if x is not self._key:  # q, k and v are called with the very same tensor
-            self._out = fused_group_forward(self.group, x) if self.fused else self.group(x)
-            self._key = x
-        return self._out
+    def generate(self, *args, **kwargs):
+        raise NotImplementedError("timing only: call the transformer directly")
 
-
-class _Slot(nn.Module):
-    def __init__(self, shared: _Shared, index: int):
-        super().__init__()
-        self.shared, self.index = shared, index
-
-    def forward(self, x, *args, **kwargs):
-        return self.shared.outputs(x)[self.index]
-
-
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+    def fingerprint(self) -> dict:
+        return {"model": self.name}
 
 
 def swap_in(model, transform: str, params: dict, precision: str = "w4a4", fused: bool = False):
-    """Replace every block's linears by quantized groups; returns a function that undoes it."""
-    undo = []
-    for block in model.transformer_blocks:
-        for names in GROUPS:
-            linears = [block.get_submodule(n) for n in names]
-            channels = linears[0].in_features
-            stats = CalibrationStats.from_activations(
-                torch.randn(1, 64, channels, generator=torch.Generator().manual_seed(channels)))
-            group = quantize_linear(linears, transform, precision, calibration=stats, **params)
-            shared = _Shared(group, fused)
-            for i, (name, linear) in enumerate(zip(names, linears)):
-                undo.append((block, name, linear))
-                _set(block, name, _Slot(shared, i))
-
-    def restore():
-        for block, name, linear in reversed(undo):
-            _set(block, name, linear)
-    return restore
+    """Quantize every target group of ``model`` (with random calibration statistics: the
+    values do not matter for timing); returns a function that undoes it."""
+    adapter = _Transformer(model)
+    stats = {}
+    for group in adapter.targets():
+        channels = group.in_features
+        stats[group.name] = CalibrationStats.from_activations(
+            torch.randn(1, 64, channels, generator=torch.Generator().manual_seed(channels)))
+    adapter.quantize(transform, precision, stats, kernel="triton" if fused else "torch", **params)
+    return adapter.restore
 
 
 def build_pixart(latent: int, layers: int = 28, heads: int = 16, head_dim: int = 72,

@@ -51,9 +51,17 @@ class ClipIQA:
         self.reset()
 
     @classmethod
-    def load(cls, weights: str | Path | None = None, *, device="cpu", batch_size: int = 16) -> "ClipIQA":
-        """Build pyiqa's ``clipiqa`` once per run on a local CLIP archive; "not computed" if it can't."""
+    def load(cls, weights: str | Path | None = None, *, device="cpu", batch_size: int = 16,
+             download: bool = False) -> "ClipIQA":
+        """Build pyiqa's ``clipiqa`` once per run on a local CLIP archive; "not computed" if it
+        can't. ``download``: fetch OpenAI's RN50 archive to the default path when it is missing."""
         path = Path(weights) if weights is not None else default_weights()
+        if download and weights is None and not path.is_file():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(RN50_URL, os.fspath(path), hash_prefix=RN50_SHA256)
+            except Exception as error:  # no network: the reason below says the file is missing
+                logger.warning("%s: download of %s failed: %s", NAME, RN50_URL, error)
         details = {"implementation": "pyiqa clipiqa", "weights": str(path)}
         try:
             import pyiqa
@@ -62,7 +70,7 @@ class ClipIQA:
         else:
             details["pyiqa"] = pyiqa.__version__
             if not path.is_file():
-                reason = f"CLIP weights not found at {path} (download {RN50_URL} there)"
+                reason = f"CLIP weights not found at {path} (hadabench run --download-weights, or download {RN50_URL} there)"
             else:
                 sha = hashlib.sha256(path.read_bytes()).hexdigest()
                 details["weights_sha256"] = sha

@@ -120,7 +120,7 @@ def _missing_weights(open_clip, model_name: str, pretrained: str, cache_dir: str
         if isinstance(try_to_load_from_cache(repo, "open_clip_config.json", cache_dir=cache_dir), str):
             return None
         return (f"{repo} is not in the local Hugging Face cache "
-                f"(fetch it once with ClipScore.load(..., download=True) where the hub is reachable)")
+                f"(fetch it once where the hub is reachable: hadabench run --download-weights, or ClipScore.load(..., download=True))")
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -137,7 +137,7 @@ def _missing_weights(open_clip, model_name: str, pretrained: str, cache_dir: str
         if any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str) for name in candidates):
             return None
         return (f"weights {repo}/{candidates[-1]} are not in the local Hugging Face cache "
-                f"(fetch them once with ClipScore.load(..., download=True) where the hub is reachable)")
+                f"(fetch them once where the hub is reachable: hadabench run --download-weights, or ClipScore.load(..., download=True))")
     url = cfg.get("url", "")
     target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
     if os.path.isfile(target):

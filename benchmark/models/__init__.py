@@ -15,7 +15,14 @@ import torch
 from .. import _compat  # noqa: F401  (torchvision shim before diffusers)
 from .base import ROLES, Generation, ModelAdapter, TargetGroup, find_targets
 
-__all__ = ["ROLES", "Generation", "ModelAdapter", "TargetGroup", "find_targets", "load_model"]
+__all__ = ["MODELS", "ROLES", "Generation", "ModelAdapter", "TargetGroup", "find_targets", "load_model"]
+
+MODELS = {
+    "embedded": "the shipped small pixel-space PixArt transformer (offline, minutes on a CPU)",
+    "PixArt-alpha/PixArt-Sigma-XL-2-512-MS": "PixArt-Sigma 512 px (the paper's setting), hub id or its local folder",
+    "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArt-Sigma 1024 px",
+    "PATH": "a local diffusers PixArt pipeline folder, or an embedded-model folder (embedded.json)",
+}
 
 
 def load_model(name_or_path: str = "embedded", dtype: torch.dtype | str = torch.float32,

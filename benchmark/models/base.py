@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..quant import Precision
-from ..transform import CalibrationStats, QuantizedGroup, Transform
+from ..transform import CalibrationStats, QuantizedGroup, Transform, TransformedLinear
 
 __all__ = ["ROLES", "Generation", "ModelAdapter", "QuantizedMember", "TargetGroup", "find_targets"]
 
@@ -212,10 +212,11 @@ class ModelAdapter(abc.ABC):
 
     def quantize(self, transform: Transform | str, precision: Precision | str,
                  stats: dict[str, CalibrationStats] | None = None,
-                 only: Iterable[str] | None = None, **params) -> dict[str, dict]:
+                 only: Iterable[str] | None = None, kernel: str = "auto", **params) -> dict[str, dict]:
         """Quantize the targets (all, or the group names / roles in ``only``) and install them.
 
         ``stats`` maps group names to calibration statistics (``benchmark.calibration``).
+        ``kernel``: the online transform's path, "auto", "torch" or "triton" (fused).
         Returns each group's ``describe()`` (precision, chosen alpha, ...) to record.
         """
         from ..registry import create_transform
@@ -237,7 +238,10 @@ class ModelAdapter(abc.ABC):
                 group_stats = None if stats is None else stats.get(group.name)
                 if stats is not None and group_stats is None:
                     raise ValueError(f"calibration statistics have no entry for {group.name}")
-                modules[group.name] = transform.quantize([lin for _, lin in group.linears], precision, group_stats)
+                module = transform.quantize([lin for _, lin in group.linears], precision, group_stats)
+                if isinstance(module, TransformedLinear):  # a plugin's own module runs its own code
+                    module.use_kernel(kernel)
+                modules[group.name] = module
         self.install(modules)
         return {name: module.describe() for name, module in modules.items()}
 
@@ -250,9 +254,9 @@ class ModelAdapter(abc.ABC):
     @contextlib.contextmanager
     def quantized(self, transform: Transform | str, precision: Precision | str,
                   stats: dict[str, CalibrationStats] | None = None,
-                  only: Iterable[str] | None = None, **params):
+                  only: Iterable[str] | None = None, kernel: str = "auto", **params):
         """``with adapter.quantized("hadanorm", "w4a4", stats) as described: ...``"""
-        described = self.quantize(transform, precision, stats, only, **params)
+        described = self.quantize(transform, precision, stats, only, kernel, **params)
         try:
             yield described
         finally:

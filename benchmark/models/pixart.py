@@ -44,7 +44,7 @@ class PixArtAdapter(ModelAdapter):
             # model_index.json names the pipeline class, so Sigma and alpha both load here.
             pipe = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, cache_dir=cache_dir)
         except (OSError, EnvironmentError) as error:
-            raise OSError(f"cannot load a pipeline from {name_or_path!r}: {str(error).splitlines()[0]}") from error
+            raise ValueError(f"cannot load a pipeline from {name_or_path!r}: {str(error).splitlines()[0]}") from error
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.transformer.eval().requires_grad_(False)

@@ -1,0 +1,314 @@
+"""``hadabench run``: captions -> full-precision reference -> calibration -> cells -> results.
+
+A cell is one precision x one transform. The run folder holds everything a run makes:
+
+    results.json            the results (benchmark/results.py), rewritten after every cell
+    reference.safetensors   the full-precision generation, reused by every cell and by reruns
+    images/<cell>/NN.png    the generated images of each cell (and images/fp/ for the reference)
+    grid_<precision>.png    the paper's Figure 3: a row per caption, a column per transform
+
+A second run into the same folder skips the finished cells; killing a run loses at most the
+cell in flight, since results.json is replaced atomically after each cell. ``fresh=True``
+(``--fresh``) starts over instead, once the configuration has been checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .calibration import DEFAULT_CACHE, caption_seeds
+from .check import DEFAULT_TOLERANCE
+from .config import RunConfig
+from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
+
+RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
+
+GRID_CAPTIONS = 8  # rows of the Figure-3 grid
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _versions() -> dict:
+    out = {"hadabench": __version__, "python": platform.python_version()}
+    for dist in ("torch", "diffusers", "transformers", "open_clip_torch", "pyiqa", "triton"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[dist] = version(dist)
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if done.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return done.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return None
+
+
+def resolve_device(requested: str | None) -> str:
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return requested
+
+
+def save_images(images: torch.Tensor, folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for index, array in enumerate(pixels):
+        path = folder / f"{index:02d}.png"
+        with Image.fromarray(array) as image:
+            tmp = folder / f".{index:02d}.png.tmp"
+            image.save(tmp, format="PNG")
+            tmp.replace(path)
+
+
+def save_grid(columns: list[tuple[str, torch.Tensor]], path: Path, rows: int = GRID_CAPTIONS) -> None:
+    """One row per caption, one column per (label, images), with labels above the columns."""
+    from PIL import Image, ImageDraw
+
+    size = 128
+    label_height = 14
+    grid = Image.new("RGB", (size * len(columns), label_height + size * min(rows, len(columns[0][1]))), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, (label, images) in enumerate(columns):
+        draw.text((col * size + 3, 1), label[:22], fill="black")
+        pixels = (images[:rows].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for row, array in enumerate(pixels):
+            tile = Image.fromarray(array).resize((size, size), Image.NEAREST)
+            grid.paste(tile, (col * size, label_height + row * size))
+    tmp = path.with_name(f".{path.name}.tmp")
+    grid.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def progress(model, captions: int, steps: int, label: str, batch_size: int = 16):
+    """A progress bar over denoising steps: it ticks on every call of the transformer,
+    which both adapters make once per step for a batch of captions (guidance included)."""
+    from tqdm import tqdm
+
+    total = -(-captions // batch_size) * steps
+    with tqdm(total=total, desc=label, unit="step", leave=False, file=sys.stderr,
+              disable=None) as bar:  # None: no bar when stderr is not a terminal
+        handle = model.transformer.register_forward_hook(lambda *_: bar.update())
+        try:
+            yield bar
+        finally:
+            handle.remove()
+
+
+class Run:
+    """One configured run into one folder."""
+
+    def __init__(self, config: RunConfig, fresh: bool = False):
+        self.config, self.fresh = config, fresh
+        self.out = Path(config.out)
+        self.results_path = self.out / "results.json"
+        self.failed = 0
+
+    # -- set-up: everything that can refuse the run happens before anything is written --
+    def prepare(self) -> None:
+        from .captions import load_captions, make_splits
+        from .models import load_model
+        from .registry import create_transform, load_plugin_file
+
+        for plugin in self.config.plugins:
+            load_plugin_file(plugin)
+        for spec in self.config.transforms:
+            create_transform(spec.name, **dict(spec.params))  # unknown names/params: refuse now
+        self.device = resolve_device(self.config.device)
+        self.hash = self.config.hash()
+        self.results = None
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file, not a folder")
+        if self.results_path.exists() and not self.fresh:
+            previous = read_results(self.results_path)
+            if previous["config_hash"] != self.hash:
+                raise ValueError(f"{self.out} holds results of another configuration (hash "
+                                 f"{previous['config_hash']}, this run {self.hash}): choose another --out")
+            self.results = previous
+        config = self.config
+        source_path = {"coco": config.coco_annotations, "file": config.caption_file}.get(config.captions)
+        self.splits = make_splits(load_captions(config.captions, source_path), config.calib_size,
+                                  config.eval_size, seed=config.seed)
+        log(f"model: loading {config.model} ({config.dtype}, {self.device})")
+        self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
+
+    # -- the run: from here on, results are written --
+    def execute(self) -> int:
+        from .calibration import calibrate
+        from .scoring import Scorers
+
+        config, splits, model = self.config, self.splits, self.model
+        if self.fresh:
+            self._clear()
+        evaluation = [c.text for c in splits.evaluation]
+        seeds = caption_seeds(len(evaluation), config.seed)
+
+        if self.results is None:
+            self.results = {
+                "schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "config": config.to_json(), "config_hash": self.hash,
+                "environment": {**_versions(), "git_commit": _git_commit(), "device": self.device,
+                                "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+                "captions": splits.manifest, "model": model.fingerprint(), "cells": {}, "grids": {},
+                "tolerance": dict(DEFAULT_TOLERANCE),  # so that this run can serve as a baseline
+            }
+        reference = self._reference(model, evaluation, seeds)
+        scorers = Scorers(config, self.device)
+        self.results["metric_setup"] = scorers.setup()
+        if "reference" not in self.results:
+            tick = time.perf_counter()
+            self.results["reference"] = {
+                "settings": reference.settings,
+                "metrics": scorers.reference(reference.images, evaluation),
+                "timings": {"generate_s": self._reference_seconds, "metrics_s": time.perf_counter() - tick},
+            }
+            self._save()
+
+        log(f"calibration: {len(splits.calibration)} captions x {config.steps} steps")
+        tick = time.perf_counter()
+        with progress(model, len(splits.calibration), config.steps, "calibration"):
+            stats, info = calibrate(model, [c.text for c in splits.calibration], steps=config.steps,
+                                    seed=config.seed, guidance_scale=config.guidance_scale,
+                                    cache_dir=config.cache_dir or DEFAULT_CACHE)
+        log(f"calibration: {'from the cache' if info.status == 'hit' else 'collected'} ({info.path})")
+        self.results["calibration"] = {"cache": info.status, "key": info.key, "path": str(info.path),
+                                       "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
+        self._save()
+
+        for precision in config.precisions:
+            for spec in config.transforms:
+                self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats)
+            self._grid(precision, reference)
+        self._save()
+        return 1 if self.failed else 0
+
+    def _reference(self, model, captions, seeds):
+        from safetensors.torch import load_file, save_file
+
+        from .models.base import Generation
+
+        path = self.out / "reference.safetensors"
+        self._reference_seconds = 0.0
+        if path.exists():
+            try:
+                tensors = load_file(path)
+                if tensors["latents"].shape[0] == len(captions):
+                    log(f"reference: reusing {path}")
+                    return Generation(captions, seeds, tensors["latents"], tensors["images"],
+                                      self.results.get("reference", {}).get("settings", {}))
+            except Exception as error:  # a damaged cache is regenerated, never trusted
+                log(f"reference: {path} unreadable ({error}); generating again")
+        log(f"reference: full-precision generation of {len(captions)} captions x {self.config.steps} steps")
+        tick = time.perf_counter()
+        with progress(model, len(captions), self.config.steps, "reference"):
+            generation = model.generate(captions, seeds, steps=self.config.steps,
+                                        guidance_scale=self.config.guidance_scale)
+        self._reference_seconds = time.perf_counter() - tick
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".reference.safetensors.tmp")
+        save_file({"latents": generation.latents.contiguous(), "images": generation.images.contiguous()}, tmp)
+        tmp.replace(path)
+        save_images(generation.images, self.out / "images" / "fp")
+        return generation
+
+    def _cell(self, model, scorers, precision, spec, captions, seeds, reference, stats) -> None:
+        key = cell_key(precision, spec.label)
+        done = self.results["cells"].get(key)
+        if done is not None:
+            log(f"{key}: done before ({done['status']}), skipped")
+            self.failed += done["status"] != OK
+            return
+        cell = {"precision": precision, "transform": spec.name, "label": spec.label,
+                "params": dict(spec.params), "status": OK, "reason": None, "metrics": {},
+                "per_sample": {}, "groups": {}, "timings": {}}
+        tick = time.perf_counter()
+        try:
+            with model.quantized(spec.name, precision, stats, kernel=self.config.kernel,
+                                 **dict(spec.params)) as groups:
+                cell["groups"] = groups
+                cell["kernel"] = sorted({g.get("kernel", "plugin") for g in groups.values()})
+                cell["timings"]["quantize_s"] = time.perf_counter() - tick
+                tick = time.perf_counter()
+                with progress(model, len(captions), self.config.steps, key):
+                    generation = model.generate(captions, seeds, steps=self.config.steps,
+                                                guidance_scale=self.config.guidance_scale)
+                cell["timings"]["generate_s"] = time.perf_counter() - tick
+            if not (torch.isfinite(generation.latents).all() and torch.isfinite(generation.images).all()):
+                raise FloatingPointError("the generation produced NaN or Inf")
+            tick = time.perf_counter()
+            cell["metrics"], cell["per_sample"] = scorers.cell(reference, generation, captions)
+            cell["timings"]["metrics_s"] = time.perf_counter() - tick
+            save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
+        except Exception as error:  # the transform is under test: fail its cell, go on
+            cell["status"], cell["reason"] = FAILED, f"{type(error).__name__}: {error}"
+            self.failed += 1
+        self.results["cells"][key] = cell
+        self._save()
+        log(_summary(key, cell))
+
+    def _grid(self, precision, reference) -> None:
+        from PIL import Image
+        import numpy as np
+
+        columns = [("full precision", reference.images)]
+        for spec in self.config.transforms:
+            cell = self.results["cells"].get(cell_key(precision, spec.label))
+            folder = self.out / "images" / precision / _safe(spec.label)
+            if cell is None or cell["status"] != OK or not folder.exists():
+                continue
+            files = sorted(folder.glob("*.png"))[:GRID_CAPTIONS]
+            images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+                                  for f in files]).float() / 255
+            columns.append((spec.label, images))
+        name = f"grid_{precision}.png"
+        save_grid(columns, self.out / name)
+        self.results["grids"][precision] = name
+
+    def _clear(self) -> None:
+        import shutil
+
+        for pattern in RUN_FILES:
+            for path in self.out.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def _save(self) -> None:
+        write_json(self.results_path, self.results)
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in label)
+
+
+def _summary(key: str, cell: dict) -> str:
+    if cell["status"] != OK:
+        return f"{key}: FAILED ({cell['reason']})"
+    shown = []
+    for name in ("sqnr_db", "sqnr_image_db", "clip_score", "clip_iqa"):
+        if name in cell["metrics"]:
+            number = metric_value(cell["metrics"][name])
+            shown.append(f"{name} {'n/a' if number is None else f'{number:.3f}'}")
+    seconds = sum(cell["timings"].values())
+    return f"{key}: {', '.join(shown)}  ({seconds:.1f} s)"

@@ -1,0 +1,137 @@
+"""``hadabench run`` end to end on the embedded model (few captions, few steps): results,
+resuming, failing cells, refusals, and the leaderboard and check on a real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.results import read_results
+from benchmark.runner import Run
+
+PLUGINS = Path(__file__).parent / "plugins"
+FAST = ["--calib-size", "2", "--eval-size", "2", "--steps", "3", "--metrics", "sqnr", "--device", "cpu"]
+
+
+def run(out, *flags, cache=None):
+    return main(["run", "--out", str(out), "--cache-dir", str(cache or Path(out).parent / "cache"),
+                 *FAST, *flags])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished run: hadanorm and none at w4a4 and fp."""
+    out = tmp_path_factory.mktemp("run") / "embedded"
+    assert run(out, "--precisions", "w4a4,fp", "--transforms", "none,hadanorm") == 0
+    return out
+
+
+def test_results_file(finished):
+    results = read_results(finished)
+    assert set(results["cells"]) == {"w4a4/none", "w4a4/hadanorm", "fp/none", "fp/hadanorm"}
+    assert results["captions"]["source"] == "embedded" and len(results["captions"]["evaluation"]["ids"]) == 2
+    assert results["config"]["steps"] == 3 and len(results["config_hash"]) == 16
+    assert results["environment"]["torch"] and results["environment"]["device"] == "cpu"
+    assert results["calibration"]["cache"] in ("hit", "miss")
+    for key, cell in results["cells"].items():
+        assert cell["status"] == "ok", key
+        assert cell["kernel"] == ["torch"]
+        assert len(cell["per_sample"]["sqnr_db"]) == 2
+        assert set(cell["timings"]) == {"quantize_s", "generate_s", "metrics_s"}
+        assert (finished / "images" / cell["precision"] / cell["label"] / "01.png").is_file()
+    # fp: transforms on, quantizers off; the end-to-end exactness check
+    assert results["cells"]["fp/hadanorm"]["metrics"]["sqnr_db"]["value"] > 80
+    assert results["cells"]["w4a4/hadanorm"]["metrics"]["sqnr_db"]["value"] < 40
+    hadanorm = results["cells"]["w4a4/hadanorm"]["groups"]
+    assert all(g["correction"] == "quantized_token" and g["center"] for g in hadanorm.values())
+    assert (finished / "grid_w4a4.png").is_file() and results["grids"]["w4a4"] == "grid_w4a4.png"
+
+
+def test_leaderboard_and_check_on_a_run(finished, tmp_path, capsys):
+    board = tmp_path / "README.md"
+    assert main(["leaderboard", str(finished.parent), "-o", str(board)]) == 0
+    text = board.read_text()
+    assert "## embedded · w4a4" in text and "| hadanorm" in text
+    assert "grid_w4a4.png" in text and "clip_score" in text  # not computed, with the reason
+    assert main(["check", str(finished), "--baseline", str(finished / "results.json")]) == 0
+    assert "no regression" in capsys.readouterr().out
+
+
+def test_resume_after_a_crash(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = Run._cell
+    calls = []
+
+    def crash_on_second_cell(self, *args):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while the second cell runs
+        return original(self, *args)
+
+    monkeypatch.setattr(Run, "_cell", crash_on_second_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run(out, "--precisions", "w4a4", "--transforms", "none,quarot")
+    first = read_results(out)  # complete and valid: written atomically
+    assert list(first["cells"]) == ["w4a4/none"]
+    assert not list(out.glob(".*.tmp"))
+
+    monkeypatch.setattr(Run, "_cell", original)
+    assert run(out, "--precisions", "w4a4", "--transforms", "none,quarot") == 0
+    second = read_results(out)
+    assert list(second["cells"]) == ["w4a4/none", "w4a4/quarot"]
+    assert second["cells"]["w4a4/none"] == first["cells"]["w4a4/none"]  # skipped, not redone
+    assert second["calibration"]["cache"] == "hit"
+
+
+def test_a_failing_plugin_fails_only_its_cell(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run(out, "--precisions", "w4a4", "--transforms", "raises,none,makes_nan",
+               "--plugin", str(PLUGINS / "failing.py"))
+    assert code == 1
+    cells = read_results(out)["cells"]
+    assert cells["w4a4/raises"]["status"] == "failed"
+    assert "RuntimeError: this transform always fails" in cells["w4a4/raises"]["reason"]
+    assert cells["w4a4/makes_nan"]["status"] == "failed"
+    assert "NaN" in cells["w4a4/makes_nan"]["reason"]
+    assert cells["w4a4/none"]["status"] == "ok"
+    assert "w4a4/raises: FAILED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--transforms", "none,nosuch"], "unknown transform 'nosuch'"),
+    (["--model", "hadabench/no-such-model"], "cannot load a pipeline"),
+    (["--metrics", "sqnr,fid"], "unknown metric 'fid'"),
+    (["--precisions", "w4a9"], "precision"),
+    (["--transforms", "hadanorm(alpha=2)"], "alpha"),
+    (["--captions", "file", "--caption-file", "/nonexistent/captions.txt"], "caption file not found"),
+    (["--eval-size", "100000"], "larger than the source"),
+    (["--steps", "5"], "another configuration"),  # resuming a different configuration
+    (["--config", "BAD_TOML"], "unknown configuration key 'stepz'"),
+])
+def test_bad_configuration_exits_2_and_keeps_results(finished, tmp_path, capsys, flags, message):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("stepz = 3\n")
+    flags = [str(toml) if f == "BAD_TOML" else f for f in flags]
+    before = {p: p.read_bytes() for p in sorted(finished.rglob("*")) if p.is_file()}
+    fresh = [] if message == "another configuration" else ["--fresh"]  # --fresh may change it
+    capsys.readouterr()
+    code = main(["run", "--out", str(finished), "--cache-dir", str(tmp_path / "cache"),
+                 *FAST, "--precisions", "w4a4,fp", "--transforms", "none,hadanorm", *fresh, *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("hadabench: error: ") and message in err[-1]
+    after = {p: p.read_bytes() for p in sorted(finished.rglob("*")) if p.is_file()}
+    assert after == before  # --fresh too: nothing is cleared before the configuration is checked
+
+
+def test_config_file_and_flags(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('precisions = ["w6a6"]\ntransforms = "none"\nsteps = 9\n')
+    out = tmp_path / "run"
+    assert run(out, "--config", str(config)) == 0  # FAST's --steps 3 overrides the file's 9
+    results = read_results(out)
+    assert results["config"]["steps"] == 3 and list(results["cells"]) == ["w6a6/none"]
+    assert json.loads((out / "results.json").read_text())["schema"] == "hadabench.results/1"
