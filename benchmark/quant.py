@@ -70,7 +70,8 @@ def _check_bits(bits: int) -> None:
 
 def _minmax_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Asymmetric min-max fake quantization along the last dimension."""
-    lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
+    # amin and amax, not aminmax: the same values, and several times faster on the CPU
+    lo, hi = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
     if torch.isnan(lo).any() or torch.isnan(hi).any():
         raise ValueError("cannot quantize a tensor that contains NaN")
     levels = 2**bits - 1

@@ -203,7 +203,20 @@ class Run:
                 self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats)
             self._grid(precision, reference)
         self._save()
+        self._report_times()
         return 1 if self.failed else 0
+
+    def _report_times(self) -> None:
+        """Where the time went (of the work recorded in the results, resumed cells included)."""
+        cells = [c for c in self.results["cells"].values() if c["timings"]]
+        reference = self.results["reference"]["timings"]
+        parts = {"reference": reference.get("generate_s", 0.0),
+                 "calibration": self.results["calibration"].get("collect_s", 0.0),
+                 "cells (quantize + generate)": sum(c["timings"].get("quantize_s", 0) +
+                                                    c["timings"].get("generate_s", 0) for c in cells),
+                 "metrics": reference.get("metrics_s", 0.0) + sum(c["timings"].get("metrics_s", 0) for c in cells)}
+        log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) +
+            f"; {len(cells)} cells, {self.failed} failed; results in {self.results_path}")
 
     def _reference(self, model, captions, seeds):
         from safetensors.torch import load_file, save_file

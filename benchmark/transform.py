@@ -173,7 +173,7 @@ class TransformedLinear(QuantizedGroup):
         if precision.weight_bits is not None:
             folded = quantize_weight(folded, precision.weight_bits, precision.weight_block,
                                      precision.weight_symmetric)
-        self.register_buffer("weight", folded)
+        self.register_buffer("weight", folded.contiguous())  # quantize_weight may return a strided view
         # Only the exact correction needs the original weights (full precision W mu).
         keep_original = center and correction == "exact"
         self.register_buffer("original_weight", weight.clone() if keep_original else None)
@@ -193,7 +193,7 @@ class TransformedLinear(QuantizedGroup):
             return fused_transform_quantize(x, mu, self.inv_scale, self.rotation, bits)
         h = x - mu if mu is not None else x
         if self.inv_scale is not None:
-            h = h * self.inv_scale
+            h = h * self.inv_scale if mu is None else h.mul_(self.inv_scale)  # x - mu is ours
         if self.rotation is not None:
             h = self.rotation(h)
         return h if bits is None else quantize_activation(h, bits)
@@ -202,7 +202,7 @@ class TransformedLinear(QuantizedGroup):
         mu = x.mean(dim=-2, keepdim=True) if self.center else None
         y = F.linear(self.online(x, mu, self.precision.activation_bits), self.weight, self.bias)
         if mu is not None:
-            y = y + self.mean_term(mu)
+            y += self.mean_term(mu)  # in place: y is ours
         return tuple(y.split(self.out_features, dim=-1))
 
     def mean_term(self, mu: torch.Tensor) -> torch.Tensor:
