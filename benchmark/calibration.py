@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from .results import sha256_file
 from .transform import CalibrationStats
 
 __all__ = ["CalibrationInfo", "calibrate", "caption_seeds", "collect_stats", "read_captions"]
@@ -127,14 +128,6 @@ class CalibrationInfo:
     seconds: float
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _payload(model, captions, steps, seed, guidance_scale, max_sample_tokens, tokens_per_row) -> dict:
     return {
         "format": FORMAT,
@@ -163,7 +156,7 @@ def _read_cache(base: Path, payload: dict) -> dict[str, CalibrationStats]:
         raise ValueError(f"unreadable {meta_path.name}: {error}") from None
     if meta.get("payload") != payload:
         raise ValueError("written for another model, captions or settings")
-    if not tensor_path.is_file() or _sha256_file(tensor_path) != meta.get("tensors_sha256"):
+    if not tensor_path.is_file() or sha256_file(tensor_path) != meta.get("tensors_sha256"):
         raise ValueError(f"{tensor_path.name} is missing or altered")
     try:
         tensors = load_file(tensor_path)
@@ -187,7 +180,7 @@ def _write_cache(base: Path, payload: dict, stats: dict[str, CalibrationStats], 
     tensors = {f"{name}/{f}": getattr(s, f).contiguous() for name, s in stats.items() for f in _FIELDS}
     save_file(tensors, str(tensor_path) + ".tmp")
     os.replace(str(tensor_path) + ".tmp", tensor_path)
-    meta = {"payload": payload, "tensors_sha256": _sha256_file(tensor_path),
+    meta = {"payload": payload, "tensors_sha256": sha256_file(tensor_path),
             "tokens": {name: s.tokens for name, s in stats.items()}, "seconds": round(seconds, 2)}
     # The json goes last: a pass interrupted while writing leaves no json, hence a miss.
     meta_path.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=1))

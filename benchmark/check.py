@@ -13,7 +13,10 @@ from tabulate import tabulate
 
 from .results import OK, metric_value, read_results, write_json
 
-DEFAULT_TOLERANCE = {"sqnr_db": 0.05, "clip_score": 0.25, "clip_iqa": 0.01}
+# SQNR: the same W4A4 run on one machine under three CPU instruction sets (ATEN_CPU_CAPABILITY
+# default, avx2, avx512) differed by up to 0.32 dB: 4-bit rounding flips add up over 20 steps.
+# A broken transform costs several dB.
+DEFAULT_TOLERANCE = {"sqnr_db": 0.5, "clip_score": 0.25, "clip_iqa": 0.01}
 
 
 

@@ -90,8 +90,48 @@ def _from_json(value):
     return float(value) if isinstance(value, str) else value
 
 
-from .clip_iqa import ClipIQA  # noqa: E402  (after MetricResult, which the modules import)
+class PerSampleScore:
+    """A metric that scores each sample and reports their mean. Subclasses set ``NAME``,
+    ``details`` and ``reason`` (None when available), and implement ``available`` and
+    ``scores(*batch)``; ``update(*batch)`` then ``result()`` accumulate over batches."""
+
+    NAME = "score"
+    details: dict
+    reason: str | None
+
+    @property
+    def available(self) -> bool:
+        raise NotImplementedError
+
+    def scores(self, *batch):
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        self._scores = []
+
+    def update(self, *batch):
+        """Score one batch and keep it; None (nothing kept) when the metric is not available."""
+        if not self.available:
+            return None
+        scores = self.scores(*batch)
+        self._scores.append(scores)
+        return scores
+
+    def result(self) -> MetricResult:
+        import torch
+
+        if not self.available:
+            return MetricResult.not_computed(self.NAME, self.reason, self.details)
+        if not self._scores:
+            return MetricResult.not_computed(self.NAME, "no samples", self.details)
+        scores = torch.cat(self._scores).double()
+        return MetricResult(self.NAME, scores.mean().item(), scores.tolist(), None,
+                            {**self.details, "samples": len(scores)})
+
+
+from .clip_iqa import ClipIQA  # noqa: E402  (after what the modules import)
 from .clip_score import ClipScore  # noqa: E402
 from .sqnr import Sqnr, sqnr_db  # noqa: E402
 
-__all__ = ["ClipIQA", "ClipScore", "MetricResult", "Sqnr", "image_batch", "sqnr_db"]
+__all__ = ["ClipIQA", "ClipScore", "MetricResult", "PerSampleScore", "Sqnr", "image_batch", "sqnr_db"]
+

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import MetricResult, image_batch, logger
+from . import PerSampleScore, image_batch, logger
 
 NAME = "clip_iqa"
 RN50_URL = ("https://openaipublic.azureedge.net/clip/models/"
@@ -35,12 +35,14 @@ def default_weights() -> Path:
     return Path(torch.hub.get_dir()) / "clip" / "RN50.pt"
 
 
-class ClipIQA:
+class ClipIQA(PerSampleScore):
     """Accumulates CLIP-IQA over batches: ``update(images)``, then ``result()``.
 
     Build it with ``ClipIQA.load(weights)``; ``weights`` is a CLIP TorchScript archive
     (OpenAI's ``RN50.pt`` by default).
     """
+
+    NAME = NAME
 
     def __init__(self, metric=None, *, details: dict, device="cpu", batch_size: int = 16,
                  reason: str | None = None):
@@ -88,9 +90,6 @@ class ClipIQA:
     def available(self) -> bool:
         return self.metric is not None
 
-    def reset(self) -> None:
-        self._scores: list[torch.Tensor] = []
-
     @torch.no_grad()
     def scores(self, images) -> torch.Tensor:
         """Per-image CLIP-IQA (B,), images as in ``image_batch`` (full resolution, no resize)."""
@@ -100,19 +99,3 @@ class ClipIQA:
         return torch.cat([self.metric(images[i:i + self.batch_size].to(self.device)).reshape(-1).cpu()
                           for i in range(0, len(images), self.batch_size)])
 
-    def update(self, images) -> torch.Tensor | None:
-        """Score one batch and keep it; None (nothing kept) when the metric is not available."""
-        if not self.available:
-            return None
-        scores = self.scores(images)
-        self._scores.append(scores)
-        return scores
-
-    def result(self) -> MetricResult:
-        if not self.available:
-            return MetricResult.not_computed(NAME, self.reason, self.details)
-        if not self._scores:
-            return MetricResult.not_computed(NAME, "no samples", self.details)
-        scores = torch.cat(self._scores).double()
-        return MetricResult(NAME, scores.mean().item(), scores.tolist(), None,
-                            {**self.details, "samples": len(scores)})

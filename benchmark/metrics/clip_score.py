@@ -18,17 +18,19 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import MetricResult, image_batch, logger
+from . import PerSampleScore, image_batch, logger
 
 NAME = "clip_score"
 
 
-class ClipScore:
+class ClipScore(PerSampleScore):
     """Accumulates CLIP scores over batches: ``update(images, captions)``, then ``result()``.
 
     Build it with ``ClipScore.load(...)`` (the real open_clip path), or pass a model,
     its preprocessing and tokenizer directly (tests; a model already in memory).
     """
+
+    NAME = NAME
 
     def __init__(self, model=None, preprocess=None, tokenizer=None, *, model_name: str, pretrained: str,
                  device: str | torch.device = "cpu", batch_size: int = 16, reason: str | None = None):
@@ -67,9 +69,6 @@ class ClipScore:
     def available(self) -> bool:
         return self.model is not None
 
-    def reset(self) -> None:
-        self._scores: list[torch.Tensor] = []
-
     @torch.no_grad()
     def scores(self, images, captions: list[str]) -> torch.Tensor:
         """Per-sample CLIP scores (B,) of images (see ``image_batch``) against their captions."""
@@ -91,22 +90,6 @@ class ClipScore:
             out.append(100 * cos.clamp_min(0).cpu())
         return torch.cat(out)
 
-    def update(self, images, captions: list[str]) -> torch.Tensor | None:
-        """Score one batch and keep it; None (nothing kept) when the metric is not available."""
-        if not self.available:
-            return None
-        scores = self.scores(images, captions)
-        self._scores.append(scores)
-        return scores
-
-    def result(self) -> MetricResult:
-        if not self.available:
-            return MetricResult.not_computed(NAME, self.reason, self.details)
-        if not self._scores:
-            return MetricResult.not_computed(NAME, "no samples", self.details)
-        scores = torch.cat(self._scores).double()
-        return MetricResult(NAME, scores.mean().item(), scores.tolist(), None,
-                            {**self.details, "samples": len(scores)})
 
 
 def _missing_weights(open_clip, model_name: str, pretrained: str, cache_dir: str | None) -> str | None:
