@@ -1,0 +1,55 @@
+"""Generation time of the embedded model, full precision vs every target at W4A4 with HadaNorm.
+
+    python -m benchmark.models.embedded.speed [--threads 2] [--repeats 3]
+
+16 evaluation captions x 20 steps with classifier-free guidance (one batch of 32). The runs
+alternate FP and W4A4 and each time is the fastest of ``--repeats``, which is the least
+disturbed by other work on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ...calibration import calibrate, caption_seeds, read_captions
+from .. import load_model
+from .train import DATASET_DIR
+
+
+def main(argv=None):
+    from tabulate import tabulate
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model("embedded")
+    captions = read_captions(DATASET_DIR / "evaluation.txt")[:16]
+    seeds = caption_seeds(len(captions))
+    stats, _ = calibrate(model, read_captions(DATASET_DIR / "calibration.txt"), steps=args.steps)
+
+    def timed():
+        start = time.perf_counter()
+        model.generate(captions, seeds, steps=args.steps, batch_size=16)
+        return time.perf_counter() - start
+
+    model.generate(captions[:2], seeds[:2], steps=2)  # warm-up: first-call allocations
+    fp, w4a4 = [], []
+    for _ in range(args.repeats):
+        fp.append(timed())
+        with model.quantized("hadanorm", "w4a4", stats):
+            w4a4.append(timed())
+    rows = [["FP32", f"{min(fp):.2f}", "1.00"],
+            ["W4A4 HadaNorm, all targets", f"{min(w4a4):.2f}", f"{min(w4a4) / min(fp):.2f}"]]
+    print(f"embedded model, {len(captions)} captions x {args.steps} steps (CFG: batch {2 * len(captions)}), "
+          f"{args.threads} threads, best of {args.repeats}")
+    print(tabulate(rows, ["", "seconds", "ratio"], tablefmt="github"))
+
+
+if __name__ == "__main__":
+    main()
