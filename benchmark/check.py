@@ -13,10 +13,11 @@ from tabulate import tabulate
 
 from .results import OK, metric_value, read_results, write_json
 
-# SQNR: the same W4A4 run on one machine under three CPU instruction sets (ATEN_CPU_CAPABILITY
-# default, avx2, avx512) differed by up to 0.32 dB: 4-bit rounding flips add up over 20 steps.
+# SQNR at W4A4 wanders with the rounding of the floating-point kernels (4-bit rounding flips
+# add up over 20 steps): the same run under three CPU instruction sets (ATEN_CPU_CAPABILITY
+# default, avx2, avx512) differed by up to 0.32 dB, and two runs on one machine once by 0.45 dB.
 # A broken transform costs several dB.
-DEFAULT_TOLERANCE = {"sqnr_db": 0.5, "clip_score": 0.25, "clip_iqa": 0.01}
+DEFAULT_TOLERANCE = {"sqnr_db": 1.0, "clip_score": 0.25, "clip_iqa": 0.01}
 
 
 

@@ -18,6 +18,7 @@ import contextlib
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -88,11 +89,12 @@ def save_grid(columns: list[tuple[str, torch.Tensor]], path: Path, rows: int = G
     from PIL import Image, ImageDraw
 
     size = 128
-    label_height = 14
+    label_height = 26  # two lines of about 20 characters
     grid = Image.new("RGB", (size * len(columns), label_height + size * min(rows, len(columns[0][1]))), "white")
     draw = ImageDraw.Draw(grid)
     for col, (label, images) in enumerate(columns):
-        draw.text((col * size + 3, 1), label[:22], fill="black")
+        for line, text in enumerate(textwrap.wrap(label, 20, break_on_hyphens=False)[:2]):
+            draw.text((col * size + 3, 1 + 12 * line), text, fill="black")
         pixels = (images[:rows].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for row, array in enumerate(pixels):
             tile = Image.fromarray(array).resize((size, size), Image.NEAREST)

@@ -89,7 +89,7 @@ def test_check_passes_on_identical_and_fails_on_worse(tmp_path, capsys):
     assert main(["check", str(tmp_path / "run.json"), "--baseline", str(tmp_path / "baseline.json")]) == 0
     assert "no regression" in capsys.readouterr().out
 
-    write_json(tmp_path / "worse.json", results_doc(sqnr=(1.0, 1.0)))
+    write_json(tmp_path / "worse.json", results_doc(sqnr=(1.0, 0.5)))
     assert main(["check", str(tmp_path / "worse.json"), "--baseline", str(tmp_path / "baseline.json")]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "w4a4/hadanorm sqnr_db" in out
