@@ -49,18 +49,23 @@ def _versions() -> dict:
     return out
 
 
-def _git_commit() -> str | None:
+def _git_commit(out: Path) -> str | None:
+    """HEAD of the checkout the package runs from, "-dirty" when tracked files changed
+    (the run's own folder aside: a run into leaderboard/ rewrites tracked files)."""
+    root = Path(__file__).resolve().parents[1]
     try:
-        root = Path(__file__).resolve().parents[1]
         done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=5)
-        if done.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return done.stdout.strip() + ("-dirty" if dirty else "")
+        if done.returncode != 0:
+            return None
+        exclude = []
+        with contextlib.suppress(ValueError):
+            exclude = [f":(exclude){out.resolve().relative_to(root).as_posix()}"]
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", *exclude], capture_output=True, text=True, timeout=5).stdout.strip()
+        return done.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
-        pass
-    return None
+        return None
 
 
 def resolve_device(requested: str | None) -> str:
@@ -172,7 +177,7 @@ class Run:
             self.results = {
                 "schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "config": config.to_json(), "config_hash": self.hash,
-                "environment": {**_versions(), "git_commit": _git_commit(), "device": self.device,
+                "environment": {**_versions(), "git_commit": _git_commit(self.out), "device": self.device,
                                 "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
                 "captions": splits.manifest, "model": model.fingerprint(), "cells": {}, "grids": {},
                 "tolerance": dict(DEFAULT_TOLERANCE),  # so that this run can serve as a baseline
