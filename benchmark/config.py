@@ -95,7 +95,6 @@ class RunConfig:
     steps: int = 20
     seed: int = 0
     guidance_scale: float | None = None  # None: the model's own default
-    resolution: int | None = None  # None: the model's own sample size
     dtype: str = "float32"
     device: str | None = None  # None: cuda when available, else cpu
     clip_model: str = "ViT-L-14"

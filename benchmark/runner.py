@@ -15,6 +15,7 @@ cell in flight, since results.json is replaced atomically after each cell. ``fre
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import subprocess
 import sys
@@ -161,6 +162,11 @@ class Run:
                                   config.eval_size, seed=config.seed)
         log(f"model: loading {config.model} ({config.dtype}, {self.device})")
         self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
+        if self.results is not None:  # resuming: the finished cells must be of these weights and captions
+            for what, now in (("model", self.model.fingerprint()), ("captions", self.splits.manifest)):
+                if self.results[what] != json.loads(json.dumps(now)):
+                    raise ValueError(f"{self.out} holds results of other {what} than this run's "
+                                     "(same configuration): use --fresh or another --out")
 
     # -- the run: from here on, results are written --
     def execute(self) -> int:

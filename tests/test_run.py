@@ -135,3 +135,18 @@ def test_config_file_and_flags(tmp_path):
     results = read_results(out)
     assert results["config"]["steps"] == 3 and list(results["cells"]) == ["w6a6/none"]
     assert json.loads((out / "results.json").read_text())["schema"] == "hadabench.results/1"
+
+
+def test_resume_refuses_results_of_other_weights(finished, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    results = json.loads((out / "results.json").read_text())
+    results["model"]["weights_sha256"] = "0" * 64  # as if the model had been retrained since
+    (out / "results.json").write_text(json.dumps(results))
+    before = (out / "results.json").read_bytes()
+    code = main(["run", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *FAST,
+                 "--precisions", "w4a4,fp", "--transforms", "none,hadanorm"])
+    assert code == 2 and "results of other model" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
