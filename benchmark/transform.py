@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hadamard import HadamardRotation
-from .quant import Precision, quantize_activation, quantize_weight
+from .kernels import fused_transform_quantize, resolve_kernel, torch_transform_quantize
+from .quant import Precision, quantize_weight
 
 __all__ = [
     "AffineTransform", "CalibrationStats", "CORRECTIONS", "QuantizedGroup", "Transform",
@@ -181,22 +182,13 @@ class TransformedLinear(QuantizedGroup):
 
     def use_kernel(self, kernel: str) -> "TransformedLinear":
         """Run the online part with "torch", "triton" (the fused kernel) or "auto"."""
-        from .kernels import resolve_kernel
-
         self.kernel = resolve_kernel(kernel, self.weight.device)
         return self
 
     def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None) -> torch.Tensor:
         """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input."""
-        if self.kernel == "triton":
-            from .kernels import fused_transform_quantize
-            return fused_transform_quantize(x, mu, self.inv_scale, self.rotation, bits)
-        h = x - mu if mu is not None else x
-        if self.inv_scale is not None:
-            h = h * self.inv_scale if mu is None else h.mul_(self.inv_scale)  # x - mu is ours
-        if self.rotation is not None:
-            h = self.rotation(h)
-        return h if bits is None else quantize_activation(h, bits)
+        run = fused_transform_quantize if self.kernel == "triton" else torch_transform_quantize
+        return run(x, mu, self.inv_scale, self.rotation, bits)
 
     def forward(self, x: torch.Tensor):
         mu = x.mean(dim=-2, keepdim=True) if self.center else None

@@ -156,7 +156,7 @@ def torch_transform_quantize(
     *,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The reference: ``TransformedLinear.transform_input``'s steps, then
+    """The reference, and ``TransformedLinear``'s torch path: centre, scale, rotate, then
     ``quantize_activation``, with the project's torch code. ``compute_dtype`` (e.g.
     torch.float32) upcasts x, mu and inv_scale first and casts the result back to x's dtype:
     the fused kernel's numerics. None: the native-dtype torch path."""
@@ -167,7 +167,7 @@ def torch_transform_quantize(
         inv_scale = None if inv_scale is None else inv_scale.to(compute_dtype)
     h = x - mu if mu is not None else x
     if inv_scale is not None:
-        h = h * inv_scale
+        h = h * inv_scale if mu is None else h.mul_(inv_scale)  # x - mu is a fresh buffer
     if rotation is not None:
         h = rotation(h)
     if bits is not None:
