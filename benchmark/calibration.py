@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from .captions import load_captions
 from .results import sha256_file
 from .transform import CalibrationStats
 
@@ -34,12 +35,8 @@ _FIELDS = ("absmax", "centered_absmax", "mean", "sample")
 
 
 def read_captions(path: str | Path) -> list[str]:
-    """One caption per line; blank lines are skipped."""
-    captions = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    captions = [c for c in captions if c]
-    if not captions:
-        raise ValueError(f"{path}: no captions")
-    return captions
+    """The texts of a caption file, one per line (the ``file`` caption source)."""
+    return [caption.text for caption in load_captions("file", path)]
 
 
 def caption_seeds(count: int, seed: int = 0) -> list[int]:

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .kernels import KERNELS
 from .quant import Precision
 
 __all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
@@ -125,8 +126,8 @@ class RunConfig:
             raise ValueError(f"unknown metric {sorted(unknown)[0]!r}: use sqnr, clip_score, clip_iqa")
         if not self.metrics:
             raise ValueError("no metrics given")
-        if self.kernel not in ("auto", "torch", "triton"):
-            raise ValueError(f"unknown kernel {self.kernel!r}: use auto, torch or triton")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {self.kernel!r}: use {', '.join(KERNELS)}")
         return self
 
     def to_json(self) -> dict:
