@@ -8,7 +8,6 @@ quantizing the appended mean token on a 4-bit grid costs about as much as center
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
@@ -16,6 +15,7 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
+from .metrics import sqnr_db
 from .registry import BASELINES, create_transform
 from .transform import CORRECTIONS, CalibrationStats
 from .validate import synthetic_activations
@@ -32,10 +32,6 @@ def _time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _sqnr(reference: torch.Tensor, test: torch.Tensor) -> float:
-    return 10 * math.log10(reference.double().pow(2).sum() / (reference - test).double().pow(2).sum())
 
 
 def _layer(channels, out, seed=0):
@@ -76,7 +72,7 @@ def correction_table(precision: str = "w4a4", tokens: int = 1024, mean_scale: fl
             for mode in modes:
                 params = {"correction": mode} if mode else {}
                 (y,) = create_transform(name, **params).quantize([layer], precision, stats)(x)
-                rows.append([f"{scale:g}", name, mode or "-", f"{_sqnr(reference, y):.2f}"])
+                rows.append([f"{scale:g}", name, mode or "-", f"{sqnr_db(reference[None], y[None]).item():.2f}"])
     return tabulate(rows, headers=["channel-mean offset (x token std)", "transform", "correction",
                                    f"{precision} output SQNR dB"], tablefmt="github")
 
