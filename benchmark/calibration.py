@@ -88,24 +88,16 @@ def collect_stats(model, captions: Sequence[str], seeds: Sequence[int], steps: i
     reservoirs = {g.name: _Reservoir(max_sample_tokens, tokens_per_row,
                                      torch.Generator().manual_seed(seed + i)) for i, g in enumerate(groups)}
 
-    def hook_for(name):
-        def hook(_module, args):
-            x = args[0].detach()
-            if x.dim() == 2:
-                x = x[None]
-            new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
-            new.sample = None  # the reservoir keeps the sample
-            stats[name] = new if stats[name] is None else stats[name].merge(new)
-            reservoirs[name].add(x)
-        return hook
+    def record(group, x):
+        if x.dim() == 2:
+            x = x[None]
+        new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
+        new.sample = None  # the reservoir keeps the sample
+        stats[group.name] = new if stats[group.name] is None else stats[group.name].merge(new)
+        reservoirs[group.name].add(x)
 
-    # The group's first linear sees the input every member of the group reads.
-    handles = [g.linears[0][1].register_forward_pre_hook(hook_for(g.name)) for g in groups]
-    try:
+    with model.watching_inputs(record):
         model.generate(captions, seeds, steps=steps, batch_size=batch_size, guidance_scale=guidance_scale)
-    finally:
-        for handle in handles:
-            handle.remove()
     missing = [name for name, s in stats.items() if s is None]
     if missing:
         raise RuntimeError(f"calibration never reached {missing[:3]}: the generation does not call them")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -175,6 +175,19 @@ class ModelAdapter(abc.ABC):
         if self._targets is None:
             self._targets = find_targets(self.transformer)
         return self._targets
+
+    @contextlib.contextmanager
+    def watching_inputs(self, record: Callable[[TargetGroup, torch.Tensor], None]):
+        """Inside the block, ``record(group, x)`` sees every input of every target group."""
+        # The group's first linear sees the input every member of the group reads.
+        handles = [group.linears[0][1].register_forward_pre_hook(
+                   lambda _module, args, group=group: record(group, args[0].detach()))
+                   for group in self.targets()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # -- generation ------------------------------------------------------------------
     @abc.abstractmethod

@@ -31,25 +31,18 @@ def activation_statistics(model, captions: Sequence[str], seeds: Sequence[int], 
     """Per role, the per-block values of ``mean_spread`` and ``outlier_ratio``."""
     sums: dict[str, list] = {}
 
-    def hook_for(name):
-        def hook(_module, args):
-            x = args[0].detach().double().flatten(0, -2)
-            s = sums.setdefault(name, [0, 0.0, 0.0, torch.zeros(x.shape[-1], dtype=torch.float64)])
-            s[0] += x.shape[0]
-            s[1] = s[1] + x.sum(0)
-            s[2] = s[2] + (x * x).sum(0)
-            s[3] = torch.maximum(s[3], x.abs().amax(0))
-        return hook
+    def record(group, x):
+        x = x.double().flatten(0, -2)
+        s = sums.setdefault(group.name, [0, 0.0, 0.0, torch.zeros(x.shape[-1], dtype=torch.float64)])
+        s[0] += x.shape[0]
+        s[1] = s[1] + x.sum(0)
+        s[2] = s[2] + (x * x).sum(0)
+        s[3] = torch.maximum(s[3], x.abs().amax(0))
 
-    groups = model.targets()
-    handles = [g.linears[0][1].register_forward_pre_hook(hook_for(g.name)) for g in groups]
-    try:
+    with model.watching_inputs(record):
         model.generate(captions, seeds, steps=steps, batch_size=batch_size)
-    finally:
-        for h in handles:
-            h.remove()
     out = {role: {"mean_spread": [], "outlier_ratio": []} for role in ROLES}
-    for g in groups:
+    for g in model.targets():
         n, total, squares, absmax = sums[g.name]
         mean = total / n
         std = (squares / n - mean * mean).clamp(min=0).sqrt()
