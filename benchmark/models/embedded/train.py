@@ -23,11 +23,12 @@ import torch
 
 import benchmark  # noqa: F401  (torchvision shim before diffusers)
 
+from ...captions import datasets_dir
 from .adapter import (EMBEDDED_DIR, MAX_TOKENS, TextEncoder, noise_scheduler_config,
                       transformer_config)
 from .data import all_captions, caption_splits, render
 
-DATASET_DIR = Path(__file__).resolve().parents[3] / "datasets" / "embedded"
+DATASET_DIR = datasets_dir() / "embedded"  # the `embedded` caption source reads these files
 GUIDANCE_SCALE = 4.0
 CAPTION_DROPOUT = 0.1  # captions replaced by "" so classifier-free guidance has an unconditional model
 EMA_DECAY = 0.998  # exponential moving average of the weights; the EMA weights are shipped
