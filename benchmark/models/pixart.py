@@ -24,6 +24,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 class PixArtAdapter(ModelAdapter):
     name = "pixart"
+    guidance_scale = 4.5  # the pipeline's own default
 
     def __init__(self, pipe, source: str):
         super().__init__()
@@ -65,7 +66,7 @@ class PixArtAdapter(ModelAdapter):
                              "mtime_ns": p.stat().st_mtime_ns} for p in files]}
 
     def default_settings(self) -> dict:
-        return {"guidance_scale": 4.5, "resolution": self._resolution()}
+        return {"guidance_scale": self.guidance_scale, "resolution": self._resolution()}
 
     def _resolution(self) -> int:
         return self.transformer.config.sample_size * self.pipe.vae_scale_factor
@@ -77,7 +78,7 @@ class PixArtAdapter(ModelAdapter):
         captions, seeds = list(captions), [int(s) for s in seeds]
         if len(captions) != len(seeds):
             raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
-        guidance = 4.5 if guidance_scale is None else float(guidance_scale)
+        guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         size = resolution or self._resolution()
         latents = []
         for start in range(0, len(captions), batch_size):
