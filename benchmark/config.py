@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .kernels import KERNELS
 from .quant import Precision
+from .scoring import METRICS
 
 __all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
 
@@ -100,7 +101,7 @@ class RunConfig:
     device: str | None = None  # None: cuda when available, else cpu
     clip_model: str = "ViT-L-14"
     clip_pretrained: str = "openai"
-    metrics: list[str] = field(default_factory=lambda: ["sqnr", "clip_score", "clip_iqa"])
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
     kernel: str = "auto"
     download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
     out: str = "results"
@@ -121,9 +122,9 @@ class RunConfig:
             raise ValueError(f"unknown device {self.device!r}: use cpu or cuda")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"unknown dtype {self.dtype!r}: use float32, float16 or bfloat16")
-        unknown = set(self.metrics) - {"sqnr", "clip_score", "clip_iqa"}
+        unknown = set(self.metrics) - set(METRICS)
         if unknown:
-            raise ValueError(f"unknown metric {sorted(unknown)[0]!r}: use sqnr, clip_score, clip_iqa")
+            raise ValueError(f"unknown metric {sorted(unknown)[0]!r}: use {', '.join(METRICS)}")
         if not self.metrics:
             raise ValueError("no metrics given")
         if self.kernel not in KERNELS:
