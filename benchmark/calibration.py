@@ -27,9 +27,10 @@ from .captions import load_captions
 from .results import sha256_file
 from .transform import CalibrationStats
 
-__all__ = ["CalibrationInfo", "calibrate", "caption_seeds", "collect_stats", "read_captions"]
+__all__ = ["CalibrationInfo", "calibrate", "caption_seeds", "collect_part", "collect_stats", "merge_parts",
+           "read_captions"]
 
-FORMAT = 1
+FORMAT = 2  # 2: samples drawn per batch (bottom-k), the same for any process count
 DEFAULT_CACHE = Path(".cache") / "calibration"
 _FIELDS = ("absmax", "centered_absmax", "mean", "sample")
 
@@ -44,66 +45,113 @@ def caption_seeds(count: int, seed: int = 0) -> list[int]:
     return [seed + i for i in range(count)]
 
 
-class _Reservoir:
-    """A bounded, uniform sample of whole rows (one sample's tokens) over all calls and steps.
+class _Sample:
+    """A bounded, uniform sample of whole rows (one sample's tokens) over all calls and steps,
+    that merges exactly: every row gets a random key and the sample keeps the rows of smallest
+    key ("bottom-k" sampling). The sample of a union is the bottom-k of the parts' samples, so
+    it does not depend on how the batches were split between processes.
 
     ``CalibrationStats.merge`` keeps only the newest samples, which over a denoising pass
-    would be the last steps only; reservoir sampling keeps every step equally likely.
+    would be the last steps only; here every step is equally likely.
     """
 
-    def __init__(self, max_tokens: int, tokens_per_row: int, generator: torch.Generator):
+    def __init__(self, max_tokens: int, tokens_per_row: int, generator: torch.Generator | None = None):
         self.max_tokens, self.tokens_per_row, self.gen = max_tokens, tokens_per_row, generator
         self.rows: list[torch.Tensor] = []
-        self.seen = 0
+        self.keys = torch.empty(0, dtype=torch.float64)
+
+    def _capacity(self) -> int:
+        return max(1, self.max_tokens // self.rows[0].shape[0]) if self.rows else 0
+
+    def _keep_smallest(self) -> None:
+        order = torch.sort(self.keys, stable=True).indices[:self._capacity()]
+        self.rows, self.keys = [self.rows[i] for i in order.tolist()], self.keys[order]
 
     def add(self, x: torch.Tensor) -> None:
         tokens = min(x.shape[1], self.tokens_per_row)
-        capacity = max(1, self.max_tokens // tokens)
+        keys = torch.rand(x.shape[0], generator=self.gen, dtype=torch.float64)
         for row in x:
-            self.seen += 1
-            slot = len(self.rows) if len(self.rows) < capacity else \
-                int(torch.randint(self.seen, (1,), generator=self.gen))
-            if slot < capacity:
-                keep = torch.randperm(x.shape[1], generator=self.gen)[:tokens].sort().values
-                picked = row[keep].float().cpu().clone()
-                if slot == len(self.rows):
-                    self.rows.append(picked)
-                else:
-                    self.rows[slot] = picked
+            keep = torch.randperm(x.shape[1], generator=self.gen)[:tokens].sort().values
+            self.rows.append(row[keep].float().cpu().clone())
+        self.keys = torch.cat([self.keys, keys])
+        self._keep_smallest()
+
+    def merge(self, other: "_Sample") -> "_Sample":
+        merged = _Sample(self.max_tokens, self.tokens_per_row)
+        merged.rows, merged.keys = self.rows + other.rows, torch.cat([self.keys, other.keys])
+        merged._keep_smallest()
+        return merged
 
     def tensor(self) -> torch.Tensor:
         return torch.stack(self.rows)
 
 
+def _generator(seed: int, batch: int, group: int) -> torch.Generator:
+    """The sampling randomness of one group in one batch: the same on whichever process."""
+    digest = hashlib.sha256(f"{seed}/{batch}/{group}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 @torch.no_grad()
+def collect_part(model, captions: Sequence[str], seeds: Sequence[int], steps: int = 20,
+                 batch_size: int = 16, guidance_scale: float | None = None,
+                 max_sample_tokens: int = 4096, tokens_per_row: int = 256, seed: int = 0,
+                 first_batch: int = 0) -> tuple[list[dict[str, CalibrationStats]], dict[str, _Sample]]:
+    """The statistics of each batch of ``captions`` (batch ``first_batch`` onwards of the
+    calibration set), and the sample over them all. ``merge_parts`` combines parts."""
+    if model.is_quantized:
+        raise RuntimeError("calibrate the full-precision model: restore() it first")
+    groups = model.targets()
+    samples = {g.name: _Sample(max_sample_tokens, tokens_per_row) for g in groups}
+    batches = []
+    for start in range(0, len(captions), batch_size):
+        batch = first_batch + start // batch_size
+        stats: dict[str, CalibrationStats | None] = {g.name: None for g in groups}
+        sample = {g.name: _Sample(max_sample_tokens, tokens_per_row, _generator(seed, batch, i))
+                  for i, g in enumerate(groups)}
+
+        def record(group, x):
+            if x.dim() == 2:
+                x = x[None]
+            new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
+            new.sample = None  # the _Sample keeps the sample
+            stats[group.name] = new if stats[group.name] is None else stats[group.name].merge(new)
+            sample[group.name].add(x)
+
+        with model.watching_inputs(record):
+            model.generate(captions[start:start + batch_size], seeds[start:start + batch_size],
+                           steps=steps, batch_size=batch_size, guidance_scale=guidance_scale)
+        missing = [name for name, s in stats.items() if s is None]
+        if missing:
+            raise RuntimeError(f"calibration never reached {missing[:3]}: the generation does not call them")
+        batches.append(stats)
+        samples = {name: samples[name].merge(sample[name]) for name in samples}
+    return batches, samples
+
+
+def merge_parts(parts: Sequence[tuple[list[dict[str, CalibrationStats]], dict[str, _Sample]]]
+                ) -> dict[str, CalibrationStats]:
+    """The statistics of all batches from ``collect_part``'s parts, given in batch order: merged
+    batch after batch, so the floating-point sums do not depend on how they were split."""
+    batches = [stats for part, _ in parts for stats in part]
+    merged = dict(batches[0])
+    for stats in batches[1:]:
+        merged = {name: merged[name].merge(s) for name, s in stats.items()}
+    for name in merged:
+        sample = parts[0][1][name]
+        for _, other in parts[1:]:
+            sample = sample.merge(other[name])
+        merged[name].sample = sample.tensor()
+    return merged
+
+
 def collect_stats(model, captions: Sequence[str], seeds: Sequence[int], steps: int = 20,
                   batch_size: int = 16, guidance_scale: float | None = None,
                   max_sample_tokens: int = 4096, tokens_per_row: int = 256,
                   seed: int = 0) -> dict[str, CalibrationStats]:
     """Generate from the captions once, recording every target group's input at every step."""
-    if model.is_quantized:
-        raise RuntimeError("calibrate the full-precision model: restore() it first")
-    groups = model.targets()
-    stats: dict[str, CalibrationStats | None] = {g.name: None for g in groups}
-    reservoirs = {g.name: _Reservoir(max_sample_tokens, tokens_per_row,
-                                     torch.Generator().manual_seed(seed + i)) for i, g in enumerate(groups)}
-
-    def record(group, x):
-        if x.dim() == 2:
-            x = x[None]
-        new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
-        new.sample = None  # the reservoir keeps the sample
-        stats[group.name] = new if stats[group.name] is None else stats[group.name].merge(new)
-        reservoirs[group.name].add(x)
-
-    with model.watching_inputs(record):
-        model.generate(captions, seeds, steps=steps, batch_size=batch_size, guidance_scale=guidance_scale)
-    missing = [name for name, s in stats.items() if s is None]
-    if missing:
-        raise RuntimeError(f"calibration never reached {missing[:3]}: the generation does not call them")
-    for name, s in stats.items():
-        s.sample = reservoirs[name].tensor()
-    return stats
+    return merge_parts([collect_part(model, captions, seeds, steps, batch_size, guidance_scale,
+                                     max_sample_tokens, tokens_per_row, seed)])
 
 
 @dataclass
@@ -179,31 +227,46 @@ def _write_cache(base: Path, payload: dict, stats: dict[str, CalibrationStats], 
 def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
               guidance_scale: float | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
               batch_size: int = 16, max_sample_tokens: int = 4096,
-              tokens_per_row: int = 256) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
+              tokens_per_row: int = 256, processes=None) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
     """Calibration statistics for every target group, from the cache when it is valid.
 
     Caption i is generated from seed + i (``caption_seeds``). ``cache_dir=None`` skips the
-    cache. Returns the statistics by group name, and where they came from.
+    cache. ``processes`` (``benchmark.distributed.Processes``) share the batches; the main one
+    reads and writes the cache, and every one gets the same statistics. Returns the statistics
+    by group name, and where they came from.
     """
+    from .distributed import Processes
+
+    processes = processes or Processes()
     captions = list(captions)
     if not captions:
         raise ValueError("calibration needs at least one caption")
     payload = _payload(model, captions, steps, seed, guidance_scale, max_sample_tokens, tokens_per_row)
+    payload["batch_size"] = batch_size  # the batches seed the sample
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     base = Path(cache_dir or ".") / f"calibration-{key}"
-    status = "miss"
-    if cache_dir is not None and base.with_suffix(".json").exists():
+    status, cached = "miss", None
+    if processes.is_main and cache_dir is not None and base.with_suffix(".json").exists():
         try:
-            stats = _read_cache(base, payload)
-            return stats, CalibrationInfo("hit", key, base, payload, 0.0)
+            cached = _read_cache(base, payload)
         except ValueError as error:
             status = f"rebuilt: {error}"
             warnings.warn(f"calibration cache {base}: {error}; rebuilding it", stacklevel=2)
+    status, cached = processes.broadcast((status, cached))
+    if cached is not None:
+        return cached, CalibrationInfo("hit", key, base, payload, 0.0)
     start = time.perf_counter()
-    stats = collect_stats(model, captions, caption_seeds(len(captions), seed), steps=steps,
-                          batch_size=batch_size, guidance_scale=guidance_scale,
-                          max_sample_tokens=max_sample_tokens, tokens_per_row=tokens_per_row, seed=seed)
+    seeds = caption_seeds(len(captions), seed)
+
+    def part(_, batches: slice):
+        return collect_part(model, captions[batches], seeds[batches], steps, batch_size, guidance_scale,
+                            max_sample_tokens, tokens_per_row, seed, first_batch=batches.start // batch_size)
+
+    ((_, outcome),) = processes.map([None], len(captions), part, everywhere=True, batch_size=batch_size)
+    if outcome.error is not None:
+        raise RuntimeError(f"calibration failed: {outcome.error}")
+    stats = merge_parts(outcome.parts)
     seconds = time.perf_counter() - start
-    if cache_dir is not None:
+    if cache_dir is not None and processes.is_main:
         _write_cache(base, payload, stats, seconds)
     return stats, CalibrationInfo(status, key, base, payload, seconds)

@@ -31,6 +31,7 @@ from . import __version__
 from .calibration import DEFAULT_CACHE, caption_seeds
 from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
+from .distributed import BATCH_SIZE, Processes, is_main_process
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
@@ -39,7 +40,8 @@ GRID_CAPTIONS = 8  # rows of the Figure-3 grid
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if is_main_process():  # one voice per run, however many processes
+        print(message, file=sys.stderr, flush=True)
 
 
 def _versions() -> dict:
@@ -117,8 +119,8 @@ def progress(model, captions: int, steps: int, label: str, batch_size: int = 16)
     from tqdm import tqdm
 
     total = -(-captions // batch_size) * steps
-    with tqdm(total=total, desc=label, unit="step", leave=False, file=sys.stderr,
-              disable=None) as bar:  # None: no bar when stderr is not a terminal
+    with tqdm(total=total, desc=label, unit="step", leave=False, file=sys.stderr,  # None: no bar
+              disable=None if is_main_process() else True) as bar:  # when stderr is not a terminal
         handle = model.transformer.register_forward_hook(lambda *_: bar.update())
         try:
             yield bar
@@ -137,6 +139,10 @@ class Run:
 
     # -- set-up: everything that can refuse the run happens before anything is written --
     def prepare(self) -> None:
+        self.processes = Processes.start()
+        self.processes.agree(self._prepare)  # a refusal on one process stops them all
+
+    def _prepare(self) -> None:
         from .captions import load_captions, make_splits
         from .models import load_model
         from .registry import create_transform, load_plugin_file
@@ -145,7 +151,7 @@ class Run:
             load_plugin_file(plugin)
         for spec in self.config.transforms:
             create_transform(spec.name, **dict(spec.params))  # unknown names/params: refuse now
-        self.device = resolve_device(self.config.device)
+        self.device = self.processes.device(resolve_device(self.config.device))
         self.hash = self.config.hash()
         self.results = None
         if self.out.exists() and not self.out.is_dir():
@@ -173,8 +179,8 @@ class Run:
         from .calibration import calibrate
         from .scoring import Scorers
 
-        config, splits, model = self.config, self.splits, self.model
-        if self.fresh:
+        config, splits, model, main = self.config, self.splits, self.model, self.processes.is_main
+        if self.fresh and main:
             self._clear()
         evaluation = [c.text for c in splits.evaluation]
         seeds = caption_seeds(len(evaluation), config.seed)
@@ -184,14 +190,17 @@ class Run:
                 "schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "config": config.to_json(), "config_hash": self.hash,
                 "environment": {**_versions(), "git_commit": _git_commit(self.out), "device": self.device,
-                                "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+                                "torch_threads": torch.get_num_threads(), "processes": self.processes.count,
+                                "platform": platform.platform()},
                 "captions": splits.manifest, "model": model.fingerprint(), "cells": {}, "grids": {},
                 "tolerance": dict(DEFAULT_TOLERANCE),  # so that this run can serve as a baseline
             }
-        reference = self._reference(model, evaluation, seeds)
-        scorers = Scorers(config, self.device)
-        self.results["metric_setup"] = scorers.setup()
-        if "reference" not in self.results:
+        self.results = self.processes.broadcast(self.results)  # the main process's, resumed or new
+        reference = self._reference(model, evaluation, seeds)  # on the main process only
+        scorers = Scorers(config, self.device) if main else None
+        if main:
+            self.results["metric_setup"] = scorers.setup()
+        if main and "reference" not in self.results:
             tick = time.perf_counter()
             self.results["reference"] = {
                 "settings": reference.settings,
@@ -205,19 +214,31 @@ class Run:
         with progress(model, len(splits.calibration), config.steps, "calibration"):
             stats, info = calibrate(model, [c.text for c in splits.calibration], steps=config.steps,
                                     seed=config.seed, guidance_scale=config.guidance_scale,
-                                    cache_dir=config.cache_dir or DEFAULT_CACHE)
+                                    cache_dir=config.cache_dir or DEFAULT_CACHE, processes=self.processes)
         log(f"calibration: {'from the cache' if info.status == 'hit' else 'collected'} ({info.path})")
         self.results["calibration"] = {"cache": info.status, "key": info.key, "path": str(info.path),
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self._save()
 
+        todo = []
         for precision in config.precisions:
             for spec in config.transforms:
-                self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats)
-            self._grid(precision, reference)
-        self._save()
-        self._report_times()
-        return 1 if self.failed else 0
+                done = self.results["cells"].get(cell_key(precision, spec.label))
+                if done is not None:
+                    log(f"{cell_key(precision, spec.label)}: done before ({done['status']}), skipped")
+                    self.failed += done["status"] != OK
+                else:
+                    todo.append((precision, spec))
+        cells = self.processes.map(todo, len(evaluation), lambda cell, part: self._generate_cell(
+            model, *cell, stats, evaluation[part], seeds[part]))
+        for (precision, spec), outcome in cells:  # on the main process, after each round
+            self._cell(scorers, precision, spec, outcome, evaluation, reference)
+        if main:
+            for precision in config.precisions:
+                self._grid(precision, reference)
+            self._save()
+            self._report_times()
+        return self.processes.finish(1 if self.failed else 0)
 
     def _report_times(self) -> None:
         """Where the time went (of the work recorded in the results, resumed cells included)."""
@@ -238,20 +259,32 @@ class Run:
 
         path = self.out / "reference.safetensors"
         self._reference_seconds = 0.0
-        if path.exists():
+        reused = None
+        if self.processes.is_main and path.exists():
             try:
                 tensors = load_file(path)
                 if tensors["latents"].shape[0] == len(captions):
                     log(f"reference: reusing {path}")
-                    return Generation(captions, seeds, tensors["latents"], tensors["images"],
-                                      self.results.get("reference", {}).get("settings", {}))
+                    reused = Generation(captions, seeds, tensors["latents"], tensors["images"],
+                                        self.results.get("reference", {}).get("settings", {}))
             except Exception as error:  # a damaged cache is regenerated, never trusted
                 log(f"reference: {path} unreadable ({error}); generating again")
+        if self.processes.broadcast(reused is not None):
+            return reused
         log(f"reference: full-precision generation of {len(captions)} captions x {self.config.steps} steps")
         tick = time.perf_counter()
-        with progress(model, len(captions), self.config.steps, "reference"):
-            generation = model.generate(captions, seeds, steps=self.config.steps,
-                                        guidance_scale=self.config.guidance_scale)
+
+        def generate(_, part):
+            with progress(model, len(captions[part]), self.config.steps, "reference"):
+                return model.generate(captions[part], seeds[part], steps=self.config.steps,
+                                      batch_size=BATCH_SIZE, guidance_scale=self.config.guidance_scale)
+
+        outcomes = [outcome for _, outcome in self.processes.map([None], len(captions), generate)]
+        if not outcomes:
+            return None  # not the main process: its part went to the main one
+        if outcomes[0].error is not None:
+            raise RuntimeError(f"the full-precision reference failed: {outcomes[0].error}")
+        generation = _joined(outcomes[0].parts)
         self._reference_seconds = time.perf_counter() - tick
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(".reference.safetensors.tmp")
@@ -260,36 +293,44 @@ class Run:
         save_images(generation.images, self.out / "images" / "fp")
         return generation
 
-    def _cell(self, model, scorers, precision, spec, captions, seeds, reference, stats) -> None:
+    def _generate_cell(self, model, precision, spec, stats, captions, seeds) -> dict:
+        """This process's part of a cell: quantize, then generate its batches."""
+        tick = time.perf_counter()
+        with model.quantized(spec.name, precision, stats, kernel=self.config.kernel,
+                             **dict(spec.params)) as groups:
+            timings = {"quantize_s": time.perf_counter() - tick}
+            tick = time.perf_counter()
+            with progress(model, len(captions), self.config.steps, cell_key(precision, spec.label)):
+                generation = model.generate(captions, seeds, steps=self.config.steps, batch_size=BATCH_SIZE,
+                                            guidance_scale=self.config.guidance_scale)
+            timings["generate_s"] = time.perf_counter() - tick
+        return {"groups": groups, "kernel": sorted({g.get("kernel", "plugin") for g in groups.values()}),
+                "timings": timings, "generation": generation}
+
+    def _cell(self, scorers, precision, spec, outcome, captions, reference) -> None:
+        """The main process: score a cell from its gathered parts, save it and its images."""
         key = cell_key(precision, spec.label)
-        done = self.results["cells"].get(key)
-        if done is not None:
-            log(f"{key}: done before ({done['status']}), skipped")
-            self.failed += done["status"] != OK
-            return
         cell = {"precision": precision, "transform": spec.name, "label": spec.label,
                 "params": dict(spec.params), "status": OK, "reason": None, "metrics": {},
                 "per_sample": {}, "groups": {}, "timings": {}}
-        tick = time.perf_counter()
-        try:
-            with model.quantized(spec.name, precision, stats, kernel=self.config.kernel,
-                                 **dict(spec.params)) as groups:
-                cell["groups"] = groups
-                cell["kernel"] = sorted({g.get("kernel", "plugin") for g in groups.values()})
-                cell["timings"]["quantize_s"] = time.perf_counter() - tick
+        reason = outcome.error  # the transform is under test: fail its cell, go on
+        if reason is None:
+            try:
+                first = outcome.parts[0]
+                cell["groups"], cell["kernel"] = first["groups"], first["kernel"]
+                # wall times of the slowest process
+                cell["timings"] = {k: max(p["timings"][k] for p in outcome.parts) for k in first["timings"]}
+                generation = _joined([p["generation"] for p in outcome.parts])
+                if not (torch.isfinite(generation.latents).all() and torch.isfinite(generation.images).all()):
+                    raise FloatingPointError("the generation produced NaN or Inf")
                 tick = time.perf_counter()
-                with progress(model, len(captions), self.config.steps, key):
-                    generation = model.generate(captions, seeds, steps=self.config.steps,
-                                                guidance_scale=self.config.guidance_scale)
-                cell["timings"]["generate_s"] = time.perf_counter() - tick
-            if not (torch.isfinite(generation.latents).all() and torch.isfinite(generation.images).all()):
-                raise FloatingPointError("the generation produced NaN or Inf")
-            tick = time.perf_counter()
-            cell["metrics"], cell["per_sample"] = scorers.cell(reference, generation, captions)
-            cell["timings"]["metrics_s"] = time.perf_counter() - tick
-            save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
-        except Exception as error:  # the transform is under test: fail its cell, go on
-            cell["status"], cell["reason"] = FAILED, f"{type(error).__name__}: {error}"
+                cell["metrics"], cell["per_sample"] = scorers.cell(reference, generation, captions)
+                cell["timings"]["metrics_s"] = time.perf_counter() - tick
+                save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
+            except Exception as error:
+                reason = f"{type(error).__name__}: {error}"
+        if reason is not None:
+            cell["status"], cell["reason"] = FAILED, reason
             self.failed += 1
         self.results["cells"][key] = cell
         self._save()
@@ -321,7 +362,17 @@ class Run:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def _save(self) -> None:
-        write_json(self.results_path, self.results)
+        if self.processes.is_main:  # the other processes write nothing
+            write_json(self.results_path, self.results)
+
+
+def _joined(parts: list) -> "Generation":
+    """One generation from the generations of consecutive batches."""
+    from .models.base import Generation
+
+    return Generation([c for p in parts for c in p.captions], [s for p in parts for s in p.seeds],
+                      torch.cat([p.latents for p in parts]), torch.cat([p.images for p in parts]),
+                      parts[0].settings)
 
 
 def _safe(label: str) -> str:
