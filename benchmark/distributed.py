@@ -73,7 +73,7 @@ class Processes:
         from accelerate import PartialState
 
         timeout = timedelta(seconds=float(os.environ.get("HADABENCH_TIMEOUT_S", 1800)))
-        state = PartialState(timeout=timeout)
+        state = PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)
         local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
         if "OMP_NUM_THREADS" not in os.environ:  # else the launcher or the user chose
             torch.set_num_threads(max(1, _cores() // local))  # this machine's cores, shared

@@ -93,9 +93,7 @@ class EmbeddedAdapter(ModelAdapter):
             raise FileNotFoundError(f"{folder} is not an embedded-model folder (no embedded.json); "
                                     "train one with python -m benchmark.models.embedded.train")
         meta = json.loads(meta_path.read_text())
-        # low_cpu_mem_usage=False: the model is small, and the default asks for `accelerate`
-        transformer = PixArtTransformer2DModel.from_pretrained(folder / "transformer", dtype=dtype,
-                                                               low_cpu_mem_usage=False)
+        transformer = PixArtTransformer2DModel.from_pretrained(folder / "transformer", dtype=dtype)
         transformer = transformer.to(device).eval().requires_grad_(False)
         return cls(transformer, TextEncoder(device, dtype), meta, folder)
 
