@@ -119,8 +119,9 @@ def progress(model, captions: int, steps: int, label: str, batch_size: int = 16)
     from tqdm import tqdm
 
     total = -(-captions // batch_size) * steps
-    with tqdm(total=total, desc=label, unit="step", leave=False, file=sys.stderr,  # None: no bar
-              disable=None if is_main_process() else True) as bar:  # when stderr is not a terminal
+    # disable=None: no bar when stderr is not a terminal; the other processes show none
+    with tqdm(total=total, desc=label, unit="step", leave=False, file=sys.stderr,
+              disable=None if is_main_process() else True) as bar:
         handle = model.transformer.register_forward_hook(lambda *_: bar.update())
         try:
             yield bar
