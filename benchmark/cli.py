@@ -89,9 +89,14 @@ def cmd_run(args) -> int:
              "calib_size": args.calib_size, "eval_size": args.eval_size, "steps": args.steps,
              "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
              "guidance_scale": args.guidance_scale, "metrics": args.metrics,
-             "kernel": args.kernel, "cache_dir": args.cache_dir,
+             "kernel": args.kernel, "numerics": args.numerics, "cache_dir": args.cache_dir,
              "download_weights": args.download_weights or None}
-    run = Run(load_config(args.config, flags), fresh=args.fresh)
+    config = load_config(args.config, flags)
+    if config.numerics == "pinned" and args.argv is not None:  # the real command, not a call in-process
+        from .numerics import restart_pinned
+
+        restart_pinned(args.argv)  # returns only when the environment is pinned already
+    run = Run(config, fresh=args.fresh)
     run.prepare()
     return run.execute()
 
@@ -114,6 +119,28 @@ def cmd_check(args) -> int:
         print(f"wrote baseline {args.baseline}")
         return 0
     return check(args.results, args.baseline)
+
+
+def cmd_power(args) -> int:
+    from .compare import power_rows
+    from .metrics.registry import metric_spec
+    from .results import read_results
+
+    if not args.target > 0:
+        raise ValueError(f"--target must be a positive number, got {args.target}")
+    spec = metric_spec(args.metric)
+    results = read_results(args.results)
+    rows = power_rows(results, spec, args.target)
+    if not rows:
+        raise ValueError(f"{args.results}: no cell has per-caption values of {spec.key}")
+    print(f"{spec.header}: 95% bootstrap half-width of each cell's mean and of each paired difference "
+          f"at this run's captions, and the captions needed for ±{args.target:g} (half-width ∝ 1/√n)\n")
+    print(tabulate([[r["precision"], r["comparison"], spec.fmt.format(r["mean"]),
+                     f"±{r['half_width']:.2f}", r["captions"], r["needed"] or "-", r.get("verdict", "")]
+                    for r in rows],
+                   headers=["precision", "cell or paired difference", "mean", "95% half-width", "captions",
+                            f"needed for ±{args.target:g}", "paired test"], tablefmt="github"))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="float32 (default), float16 or bfloat16")
     run.add_argument("--metrics", help="comma-separated: sqnr,clip_score,clip_iqa (default all)")
     run.add_argument("--kernel", help="auto (default), torch or triton: the online transform's path")
+    run.add_argument("--numerics", help="native (default) or pinned: the same bits on any x86-64 CPU with "
+                                        "AVX2 (MKL and ATen code paths, threads; see README)")
     run.add_argument("--download-weights", action="store_true",
                      help="let CLIP score and CLIP-IQA fetch missing weights (otherwise: not computed)")
     run.add_argument("--cache-dir", help="where calibration statistics are cached")
@@ -160,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="make RESULTS the baseline (keeping the baseline's tolerance)")
     gate.set_defaults(func=cmd_check)
 
+    power = sub.add_parser("power", help="interval widths of a run's cells and paired differences, "
+                                         "and the captions a claim needs")
+    power.add_argument("results", help="a results.json or run folder")
+    power.add_argument("--metric", default="sqnr_db", help="a per-sample metric (default sqnr_db)")
+    power.add_argument("--target", type=float, default=0.25, help="the half-width wanted (default 0.25)")
+    power.set_defaults(func=cmd_power)
+
     ls = sub.add_parser("ls", help="list transforms (with their source) and precisions")
     ls.set_defaults(func=cmd_ls)
 
@@ -178,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else None  # what a restart with pinned numerics re-runs
     try:
         return args.func(args)
     except ValueError as error:  # bad input from the user: one line, exit 2

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .kernels import KERNELS
+from .numerics import MODES
 from .quant import Precision
 from .scoring import METRICS
 
@@ -103,6 +104,7 @@ class RunConfig:
     clip_pretrained: str = "openai"
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     kernel: str = "auto"
+    numerics: str = "native"  # "pinned": the same bits on any x86-64 CPU with AVX2 (benchmark/numerics.py)
     download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
     out: str = "results"
     cache_dir: str | None = None
@@ -127,6 +129,8 @@ class RunConfig:
             raise ValueError(f"unknown metric {sorted(unknown)[0]!r}: use {', '.join(METRICS)}")
         if not self.metrics:
             raise ValueError("no metrics given")
+        if self.numerics not in MODES:
+            raise ValueError(f"unknown numerics {self.numerics!r}: use {' or '.join(MODES)}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}: use {', '.join(KERNELS)}")
         return self

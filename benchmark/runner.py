@@ -30,6 +30,7 @@ import torch
 from . import __version__
 from .calibration import DEFAULT_CACHE, caption_seeds
 from .check import DEFAULT_TOLERANCE
+from . import numerics
 from .config import RunConfig
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
 
@@ -146,6 +147,7 @@ class Run:
         for spec in self.config.transforms:
             create_transform(spec.name, **dict(spec.params))  # unknown names/params: refuse now
         self.device = resolve_device(self.config.device)
+        numerics.require(self.config.numerics, self.device)
         self.hash = self.config.hash()
         self.results = None
         if self.out.exists() and not self.out.is_dir():
@@ -170,6 +172,11 @@ class Run:
 
     # -- the run: from here on, results are written --
     def execute(self) -> int:
+        with numerics.pinned(self.config.numerics, self.device) as described:
+            self.numerics = described
+            return self._execute()
+
+    def _execute(self) -> int:
         from .calibration import calibrate
         from .scoring import Scorers
 
@@ -184,7 +191,8 @@ class Run:
                 "schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "config": config.to_json(), "config_hash": self.hash,
                 "environment": {**_versions(), "git_commit": _git_commit(self.out), "device": self.device,
-                                "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+                                "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                                "numerics": self.numerics},
                 "captions": splits.manifest, "model": model.fingerprint(), "cells": {}, "grids": {},
                 "tolerance": dict(DEFAULT_TOLERANCE),  # so that this run can serve as a baseline
             }

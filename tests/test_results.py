@@ -56,7 +56,8 @@ def results_doc(sqnr=(1.0, 2.0), status="ok", config=None):
                                               "clip_iqa": {"value": 0.5}},
                                   "per_sample": {}, "groups": {}, "timings": {}}
     return {"schema": SCHEMA, "config": config.to_json(), "config_hash": config.hash(),
-            "environment": {"hadabench": "0", "device": "cpu"}, "captions": {"sha256": "x"},
+            "environment": {"hadabench": "0", "device": "cpu", "numerics": {"mode": "pinned"}},
+            "captions": {"sha256": "x"},
             "metric_setup": {"clip_score": {"status": "not computed", "reason": "no weights"}},
             "reference": {"metrics": {"clip_score": {"value": None}, "clip_iqa": {"value": 0.9}}},
             "cells": cells, "grids": {}}
@@ -115,7 +116,7 @@ def test_check_refuses_another_configuration(tmp_path, capsys):
 def test_leaderboard_markdown(tmp_path):
     write_json(tmp_path / "results.json", results_doc(sqnr=(1.0, 2.5)))
     text = render([tmp_path / "results.json"], tmp_path / "README.md")
-    assert "## embedded · w4a4" in text
+    assert "## embedded" in text and "### w4a4 · run `.`" in text
     assert "| hadanorm" in text and "**2.50**" in text and "n/a" in text
     assert "clip_score** not computed: no weights" in text
     assert "paper" not in text  # the paper's numbers only stand next to PixArt-Sigma's
