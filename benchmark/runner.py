@@ -32,6 +32,7 @@ from .calibration import DEFAULT_CACHE, caption_seeds
 from .check import DEFAULT_TOLERANCE
 from . import numerics
 from .config import RunConfig
+from .metrics.registry import METRIC_SPECS
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
@@ -340,9 +341,11 @@ def _summary(key: str, cell: dict) -> str:
     if cell["status"] != OK:
         return f"{key}: FAILED ({cell['reason']})"
     shown = []
-    for name in ("sqnr_db", "sqnr_image_db", "clip_score", "clip_iqa"):
-        if name in cell["metrics"]:
-            number = metric_value(cell["metrics"][name])
-            shown.append(f"{name} {'n/a' if number is None else f'{number:.3f}'}")
+    for spec in METRIC_SPECS.values():
+        entry = cell["metrics"].get(spec.key)
+        if entry is not None and spec.per_sample:
+            interval = entry.get("interval") or {}
+            spread = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval.get("low") is not None else ""
+            shown.append(f"{spec.key} {spec.show(metric_value(entry))}{spread}")
     seconds = sum(cell["timings"].values())
     return f"{key}: {', '.join(shown)}  ({seconds:.1f} s)"
