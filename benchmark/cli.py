@@ -89,7 +89,7 @@ def cmd_run(args) -> int:
              "calib_size": args.calib_size, "eval_size": args.eval_size, "steps": args.steps,
              "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
              "guidance_scale": args.guidance_scale, "metrics": args.metrics,
-             "kernel": args.kernel, "cache_dir": args.cache_dir,
+             "kernel": args.kernel, "grid": args.grid, "cache_dir": args.cache_dir,
              "download_weights": args.download_weights or None}
     run = Run(load_config(args.config, flags), fresh=args.fresh)
     run.prepare()
@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--dtype", help="float32 (default), float16 or bfloat16")
     run.add_argument("--metrics", help="comma-separated: sqnr,clip_score,clip_iqa (default all)")
-    run.add_argument("--kernel", help="auto (default), torch or triton: the online transform's path")
+    run.add_argument("--kernel", help="auto (default), torch, triton or compile: the online transform's path")
+    run.add_argument("--grid", help="zero_point (default: integer zero point, as QuaRot and ViDiT-Q) "
+                                    "or min_anchored: the quantization grid")
     run.add_argument("--download-weights", action="store_true",
                      help="let CLIP score and CLIP-IQA fetch missing weights (otherwise: not computed)")
     run.add_argument("--cache-dir", help="where calibration statistics are cached")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .kernels import KERNELS
-from .quant import Precision
+from .quant import DEFAULT_GRID, GRIDS, Precision
 from .scoring import METRICS
 
 __all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
@@ -103,6 +103,7 @@ class RunConfig:
     clip_pretrained: str = "openai"
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     kernel: str = "auto"
+    grid: str = DEFAULT_GRID  # the quantization grid of weights and activations (quant.GRIDS)
     download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
     out: str = "results"
     cache_dir: str | None = None
@@ -127,6 +128,8 @@ class RunConfig:
             raise ValueError(f"unknown metric {sorted(unknown)[0]!r}: use {', '.join(METRICS)}")
         if not self.metrics:
             raise ValueError("no metrics given")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}: use {' or '.join(GRIDS)}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}: use {', '.join(KERNELS)}")
         return self

@@ -16,6 +16,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .metrics import sqnr_db
+from .quant import Precision
 from .registry import BASELINES, create_transform
 from .transform import CORRECTIONS, CalibrationStats
 from .validate import synthetic_activations
@@ -75,6 +76,98 @@ def correction_table(precision: str = "w4a4", tokens: int = 1024, mean_scale: fl
                 rows.append([f"{scale:g}", name, mode or "-", f"{sqnr_db(reference[None], y[None]).item():.2f}"])
     return tabulate(rows, headers=["channel-mean offset (x token std)", "transform", "correction",
                                    f"{precision} output SQNR dB"], tablefmt="github")
+
+
+# --- Roofline of the online transform ---------------------------------------------------
+# (label, samples, tokens per sample, channels): one call of the online part as the
+# benchmark makes it. Embedded: 16 captions with CFG (batch 32) x 64 image tokens, the
+# attention width 192 (H12 (x) H16) and the FFN width 768; PixArt-Sigma: CFG batch 2 x 1024
+# image tokens (512 px), 1152 (H36 (x) H32) and the FFN's 4608 (H36 (x) H128).
+ROOFLINE_SHAPES = [("embedded attn", 32, 64, 192), ("embedded ffn", 32, 64, 768),
+                   ("PixArt attn", 2, 1024, 1152), ("PixArt ffn", 2, 1024, 4608)]
+
+
+def _best(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` calls after a warm-up: the least disturbed on a shared machine."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_throughput(size: int = 1024, repeats: int = 5) -> float:
+    """The machine's fp32 matmul throughput (flop/s) on a square ``size`` matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    return 2 * size**3 / _best(lambda: torch.mm(a, b, out=out), repeats)
+
+
+def online_cost(samples: int, tokens: int, channels: int, rotation) -> tuple[int, int]:
+    """(bytes, flops) of one HadaNorm online call in fp32: x read once and the result written
+    once (the channel vectors are negligible); flops of the Kronecker rotation's factors
+    (2 per multiply-add) plus ~8 per element for centre, scale and the quantizer."""
+    elements = samples * tokens * channels
+    return 2 * 4 * elements, elements * (2 * sum(rotation.factor_sizes) + 8)
+
+
+@torch.no_grad()
+def roofline_table(kernels=("torch",), repeats: int = 10, bits: int = 4) -> str:
+    """Per shape: bytes, flops, the time the measured copy bandwidth (a copy of the same
+    tensor: read once, write once) and matmul throughput allow, the time taken by each
+    kernel, and the ratio taken / allowed."""
+    from .hadamard import HadamardRotation
+    from .kernels import online_function
+
+    peak = matmul_throughput()
+    rows = []
+    for label, samples, tokens, channels in ROOFLINE_SHAPES:
+        x = synthetic_activations(channels, samples=samples, tokens=tokens)
+        mu = x.mean(dim=-2, keepdim=True)
+        inv_scale = 0.5 + torch.rand(channels, generator=torch.Generator().manual_seed(1))
+        rotation = HadamardRotation(channels)
+        nbytes, flops = online_cost(samples, tokens, channels, rotation)
+        out = torch.empty_like(x)
+        copy = _best(lambda: out.copy_(x), repeats)
+        allowed = max(copy, flops / peak)
+        for kernel in kernels:
+            run = online_function(kernel)
+            taken = _best(lambda: run(x, mu, inv_scale, rotation, bits), repeats)
+            rows.append([label, f"{samples}x{tokens}x{channels}", f"{nbytes / 1e6:.1f}",
+                         f"{flops / 1e6:.0f}", f"{nbytes / copy / 1e9:.1f}", f"{copy * 1e3:.2f}",
+                         f"{flops / peak * 1e3:.2f}", kernel, f"{taken * 1e3:.2f}",
+                         f"{taken / allowed:.1f}"])
+    header = (f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s (1024^3), copy bandwidth measured per "
+              f"shape; HadaNorm online part (centre, scale, full Hadamard, A{bits}), fp32, best of {repeats}\n\n")
+    return header + tabulate(rows, headers=["shape", "samples x tokens x C", "MB moved", "MFLOP",
+                                            "copy GB/s", "copy ms", "matmul ms", "kernel",
+                                            "taken ms", "x roofline"], tablefmt="github")
+
+
+@torch.no_grad()
+def generation_digest(transforms=("quarot", "hadanorm"), precision: str = "w4a4",
+                      captions: int = 4, steps: int = 4) -> list[list[str]]:
+    """sha256 of the embedded model's latents at ``precision`` per transform (a short run
+    with its own calibration): the check that a speed change left the numerics alone."""
+    import hashlib
+
+    from .calibration import calibrate, caption_seeds, read_captions
+    from .models import load_model
+    from .models.embedded.train import DATASET_DIR
+
+    model = load_model("embedded")
+    texts = read_captions(DATASET_DIR / "evaluation.txt")[:captions]
+    stats, _ = calibrate(model, read_captions(DATASET_DIR / "calibration.txt")[:8], steps=steps,
+                         cache_dir=None)
+    rows = []
+    for name in transforms:
+        with model.quantized(name, precision, stats):
+            latents = model.generate(texts, caption_seeds(len(texts)), steps=steps).latents
+        rows.append([name, str(Precision.parse(precision)),
+                     hashlib.sha256(latents.contiguous().numpy().tobytes()).hexdigest()[:16]])
+    return rows
 
 
 def main(precision: str = "w4a4", repeats: int = 5) -> None:

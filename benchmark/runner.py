@@ -15,6 +15,7 @@ cell in flight, since results.json is replaced atomically after each cell. ``fre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import subprocess
@@ -31,6 +32,7 @@ from . import __version__
 from .calibration import DEFAULT_CACHE, caption_seeds
 from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
+from .quant import Precision
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
@@ -272,7 +274,8 @@ class Run:
                 "per_sample": {}, "groups": {}, "timings": {}}
         tick = time.perf_counter()
         try:
-            with model.quantized(spec.name, precision, stats, kernel=self.config.kernel,
+            quantized = dataclasses.replace(Precision.parse(precision), grid=self.config.grid)
+            with model.quantized(spec.name, quantized, stats, kernel=self.config.kernel,
                                  **dict(spec.params)) as groups:
                 cell["groups"] = groups
                 cell["kernel"] = sorted({g.get("kernel", "plugin") for g in groups.values()})
