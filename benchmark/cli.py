@@ -75,7 +75,20 @@ def cmd_microbench(args) -> int:
     from .microbench import main as microbench
     from .quant import Precision
 
-    microbench(Precision.parse(args.precision).name, repeats=args.repeats)
+    from .kernels import KERNELS
+
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    bad = [k for k in kernels if k not in KERNELS or k == "auto"]
+    if bad or not kernels:
+        raise ValueError(f"unknown kernel {bad[0] if bad else ''!r} in --kernels: use torch, triton, compile")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    microbench(Precision.parse(args.precision).name, repeats=args.repeats, roofline=args.roofline,
+               kernels=kernels, bf16=args.bf16, memory=args.memory)
     return 0
 
 
@@ -174,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     micro = sub.add_parser("microbench", help="time each transform on PixArt-shaped layers")
     micro.add_argument("--precision", default="w4a4")
     micro.add_argument("--repeats", type=int, default=5)
+    micro.add_argument("--roofline", action="store_true",
+                       help="the online transform's roofline at the benchmark's shapes (only the sections asked for)")
+    micro.add_argument("--kernels", default="torch", help="for --roofline: e.g. torch,compile")
+    micro.add_argument("--bf16", action="store_true", help="bf16 W6A6: online part in bf16 vs fp32")
+    micro.add_argument("--memory", action="store_true",
+                       help="peak resident memory, embedded and PixArt-Sigma-sized (heavy: minutes)")
+    micro.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     micro.set_defaults(func=cmd_microbench)
     return parser
 

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .calibration import DEFAULT_SAMPLE_TOKENS
 from .kernels import KERNELS
 from .quant import DEFAULT_GRID, GRIDS, Precision
 from .scoring import METRICS
@@ -93,6 +94,7 @@ class RunConfig:
     coco_annotations: str | None = None
     caption_file: str | None = None
     calib_size: int = 32
+    calib_sample_tokens: int = DEFAULT_SAMPLE_TOKENS  # raw activations kept per group, for alpha="auto"
     eval_size: int = 16
     steps: int = 20
     seed: int = 0
@@ -116,7 +118,7 @@ class RunConfig:
             raise ValueError(f"unknown caption source {self.captions!r}: use embedded, coco or file")
         if self.captions == "file" and not self.caption_file:
             raise ValueError("--captions file needs --caption-file FILE")
-        for name in ("calib_size", "eval_size", "steps"):
+        for name in ("calib_size", "calib_sample_tokens", "eval_size", "steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -15,6 +15,7 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
+from .calibration import DEFAULT_SAMPLE_TOKENS
 from .metrics import sqnr_db
 from .quant import Precision
 from .registry import BASELINES, create_transform
@@ -88,13 +89,16 @@ ROOFLINE_SHAPES = [("embedded attn", 32, 64, 192), ("embedded ffn", 32, 64, 768)
 
 
 def _best(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` calls after a warm-up: the least disturbed on a shared machine."""
+    """Fastest of ``repeats`` calls after a warm-up: the least disturbed on a shared machine.
+    On one thread, the thread's CPU time (time the scheduler gave others is not counted);
+    on several, wall-clock time."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -139,8 +143,10 @@ def roofline_table(kernels=("torch",), repeats: int = 10, bits: int = 4) -> str:
                          f"{flops / 1e6:.0f}", f"{nbytes / copy / 1e9:.1f}", f"{copy * 1e3:.2f}",
                          f"{flops / peak * 1e3:.2f}", kernel, f"{taken * 1e3:.2f}",
                          f"{taken / allowed:.1f}"])
+    clock = "thread CPU time" if torch.get_num_threads() == 1 else "wall-clock time"
     header = (f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s (1024^3), copy bandwidth measured per "
-              f"shape; HadaNorm online part (centre, scale, full Hadamard, A{bits}), fp32, best of {repeats}\n\n")
+              f"shape; HadaNorm online part (centre, scale, full Hadamard, A{bits}), fp32, "
+              f"{torch.get_num_threads()} thread(s), best of {repeats} by {clock}\n\n")
     return header + tabulate(rows, headers=["shape", "samples x tokens x C", "MB moved", "MFLOP",
                                             "copy GB/s", "copy ms", "matmul ms", "kernel",
                                             "taken ms", "x roofline"], tablefmt="github")
@@ -170,8 +176,78 @@ def generation_digest(transforms=("quarot", "hadanorm"), precision: str = "w4a4"
     return rows
 
 
-def main(precision: str = "w4a4", repeats: int = 5) -> None:
+
+def pixart_sample_bytes(sample_tokens: int) -> int:
+    """fp32 bytes of the calibration sample at PixArt-Sigma's size: 28 blocks of 6 groups
+    1152 wide (q/k/v, out, cross q, cross k/v, cross out, fc1) and one 4608 wide (fc2)."""
+    return 4 * sample_tokens * 28 * (6 * 1152 + 4608)
+
+
+@torch.no_grad()
+def bf16_table(bits: int = 6, tokens: int = 256) -> str:
+    """The online part on bf16 inputs (HadaNorm, full Hadamard), computed in bf16 throughout
+    (the earlier torch path) and in fp32 with one rounding (now), against the float64
+    computation on the same bf16 inputs: SQNR and the largest error in grid steps."""
+    from .hadamard import HadamardRotation
+    from .kernels import torch_transform_quantize
+
+    rows = []
+    for channels in (192, 1152):
+        x = synthetic_activations(channels, samples=2, tokens=tokens).bfloat16()
+        mu = x.mean(dim=-2, keepdim=True)
+        inv_scale = (0.5 + torch.rand(channels, generator=torch.Generator().manual_seed(1))).bfloat16()
+        rotation = HadamardRotation(channels, random_signs=True)
+        exact = torch_transform_quantize(x.double(), mu.double(), inv_scale.double(), rotation, bits,
+                                         compute_dtype=None)
+        step = (exact.amax(-1, keepdim=True).clamp(min=0) - exact.amin(-1, keepdim=True).clamp(max=0)) / (2**bits - 1)
+        for label, dtype in (("bf16 throughout (before)", None), ("fp32, one rounding (now)", torch.float32)):
+            out = torch_transform_quantize(x, mu, inv_scale, rotation, bits, compute_dtype=dtype).double()
+            rows.append([channels, label, f"{sqnr_db(exact[None], out[None]).item():.2f}",
+                         f"{((out - exact).abs() / step).max().item():.2f}"])
+    return tabulate(rows, headers=["channels", "online part computed in", f"A{bits} SQNR dB vs fp64",
+                                   "max error (grid steps)"], tablefmt="github")
+
+
+def memory_table() -> str:
+    """Peak resident memory of each measurement of ``benchmark.memprobe``, each in a fresh
+    subprocess (one thread)."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for model in ("embedded", "pixart"):
+        for precision in ("fp", "w4a4"):
+            run = subprocess.run([sys.executable, "-m", "benchmark.memprobe", model, precision],
+                                 capture_output=True, text=True)
+            if run.returncode:
+                rows.append([model, precision, "failed", run.stderr.strip().splitlines()[-1][:80], ""])
+                continue
+            info = json.loads(run.stdout.strip().splitlines()[-1])
+            sample = info.get("sample_bytes")
+            rows.append([model, precision, f"{info['peak_rss_bytes'] / 2**30:.2f}",
+                         f"{sample / 2**30:.2f}" if sample else "-", info["seconds"]])
+    note = (f"calibration sample at PixArt-Sigma size (28 blocks, 1024 tokens): "
+            f"{pixart_sample_bytes(DEFAULT_SAMPLE_TOKENS) / 2**30:.2f} GiB with the default "
+            f"{DEFAULT_SAMPLE_TOKENS} tokens per group (was {pixart_sample_bytes(4096) / 2**30:.2f} GiB at 4096)\n\n")
+    return note + tabulate(rows, headers=["model", "precision", "peak RSS GiB", "calibration sample GiB",
+                                          "seconds"], tablefmt="github")
+
+
+def main(precision: str = "w4a4", repeats: int = 5, roofline: bool = False, kernels=("torch",),
+         bf16: bool = False, memory: bool = False) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1")
+    if roofline or bf16 or memory:
+        if roofline:
+            print("\nRoofline of the online transform:\n")
+            print(roofline_table(kernels, repeats=max(repeats, 10)))
+        if bf16:
+            print("\nbf16 inputs, W6A6 activations: the online part's precision:\n")
+            print(bf16_table())
+        if memory:
+            print("\nPeak resident memory (each in its own process):\n")
+            print(memory_table())
+        return
     print("\nForward time of one PixArt-shaped layer, 4096 tokens:\n")
     print(timing_table(precision, repeats=repeats))
     print("\nBias-correction modes on inputs with growing channel means (1024 tokens x 2 samples):\n")

@@ -115,8 +115,8 @@ def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
     step = (high - low) / levels
     step = torch.where(step > 0, step, torch.ones_like(step))  # all-zero row: q = zero = 0
     zero = low.neg().div_(step).round_()
-    torch.div(x, step, out=q).round_().add_(zero).clamp_(0, levels)
-    q.sub_(zero).mul_(step)
+    # clamp(round(x / step) + zero, 0, levels) - zero in one clamp: integers, exact in fp32
+    torch.div(x, step, out=q).round_().clamp_(zero.neg(), levels - zero).mul_(step)
     constant = hi == lo
     if traceable or constant.any():  # a constant row is exact (it is its own max)
         q = torch.where(constant, hi, q) if not inplace else q.copy_(torch.where(constant, hi, q))

@@ -207,9 +207,11 @@ class Run:
         with progress(model, len(splits.calibration), config.steps, "calibration"):
             stats, info = calibrate(model, [c.text for c in splits.calibration], steps=config.steps,
                                     seed=config.seed, guidance_scale=config.guidance_scale,
-                                    cache_dir=config.cache_dir or DEFAULT_CACHE)
+                                    cache_dir=config.cache_dir or DEFAULT_CACHE,
+                                    max_sample_tokens=config.calib_sample_tokens)
         log(f"calibration: {'from the cache' if info.status == 'hit' else 'collected'} ({info.path})")
         self.results["calibration"] = {"cache": info.status, "key": info.key, "path": str(info.path),
+                                       "sample_tokens": config.calib_sample_tokens,
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self._save()
 

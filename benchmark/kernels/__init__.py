@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..hadamard import HadamardRotation
+from ..hadamard import HadamardRotation, apply_factors
 from ..quant import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_quantize
 from .plan import TileLayout, plan_layout
 
@@ -181,11 +181,19 @@ def torch_transform_quantize(
         x = x.to(compute_dtype)
         mu = None if mu is None else mu.to(compute_dtype)
         inv_scale = None if inv_scale is None else inv_scale.to(compute_dtype)
-    h = x - mu if mu is not None else x
-    if inv_scale is not None:
-        h = h * inv_scale if h is x else h.mul_(inv_scale)
+    factors = signs = None
     if rotation is not None:
-        h = rotation(h)
+        if x.shape[-1] != rotation.size:
+            raise ValueError(f"rotation of size {rotation.size} applied to {x.shape[-1]} channels")
+        factors, signs = rotation._cast_like(x)
+    # The random signs join the per-channel scale: one pass (times +-1 is exact, so the
+    # bits are those of scaling, then the signs, then the factors).
+    multiplier = inv_scale if signs is None else signs if inv_scale is None else inv_scale * signs
+    h = x - mu if mu is not None else x
+    if multiplier is not None:
+        h = h * multiplier if h is x else h.mul_(multiplier)
+    if factors is not None:
+        h = apply_factors(h, factors, None, rotation.block)
     if bits is not None:
         _check_bits(bits)
         h = fake_quantize(h, bits, grid, inplace=h is not x)
