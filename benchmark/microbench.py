@@ -136,8 +136,8 @@ def roofline_table(kernels=("torch",), repeats: int = 10, bits: int = 4) -> str:
         out = torch.empty_like(x)
         copy = _best(lambda: out.copy_(x), repeats)
         allowed = max(copy, flops / peak)
-        for kernel in kernels:
-            run = online_function(kernel)
+        for kernel in kernels:  # a kernel name, or (label, function) to compare another path
+            kernel, run = (kernel, online_function(kernel)) if isinstance(kernel, str) else kernel
             taken = _best(lambda: run(x, mu, inv_scale, rotation, bits), repeats)
             rows.append([label, f"{samples}x{tokens}x{channels}", f"{nbytes / 1e6:.1f}",
                          f"{flops / 1e6:.0f}", f"{nbytes / copy / 1e9:.1f}", f"{copy * 1e3:.2f}",
