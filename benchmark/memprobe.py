@@ -43,22 +43,16 @@ class PixArtStep(ModelAdapter):
 
     def __init__(self, resolution: int = 256, text_tokens: int = 300):
         super().__init__()
-        from diffusers import PixArtTransformer2DModel
+        from .kernels.gpu_perf import build_pixart
 
-        torch.manual_seed(0)
-        self.transformer = PixArtTransformer2DModel(  # PixArt-Sigma's shape; random weights
-            num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-            num_layers=28, cross_attention_dim=1152, sample_size=resolution // 8, patch_size=2,
-            caption_channels=4096, use_additional_conditions=False).eval()
+        self.transformer = build_pixart(resolution // 8)  # PixArt-Sigma's shape; random weights
         self.latent, self.text_tokens = resolution // 8, text_tokens
 
     @torch.no_grad()
     def generate(self, captions, seeds, steps=1, batch_size=2, guidance_scale=None):
-        gen = torch.Generator().manual_seed(0)
-        latents = torch.randn(2, 4, self.latent, self.latent, generator=gen)
-        text = torch.randn(2, self.text_tokens, 4096, generator=gen)
-        out = self.transformer(latents, encoder_hidden_states=text, timestep=torch.tensor([999, 999]),
-                               added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        from .kernels.gpu_perf import pixart_inputs
+
+        out = self.transformer(**pixart_inputs(self.transformer, 2, self.text_tokens, "cpu", torch.float32))[0]
         return Generation(list(captions), list(seeds), out, out)
 
     def fingerprint(self) -> dict:
