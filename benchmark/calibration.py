@@ -31,6 +31,11 @@ __all__ = ["CalibrationInfo", "calibrate", "caption_seeds", "collect_stats", "re
 
 FORMAT = 1
 DEFAULT_CACHE = Path(".cache") / "calibration"
+# The raw sample kept per group for alpha="auto": 512 tokens in rows of 64 (8 rows, drawn
+# uniformly over every call and step). At PixArt-Sigma's size (28 blocks: 168 groups 1152
+# wide, 28 FFN groups 4608 wide) that is 0.66 GB in fp32, in memory and in the cache file.
+DEFAULT_SAMPLE_TOKENS = 512
+DEFAULT_TOKENS_PER_ROW = 64
 _FIELDS = ("absmax", "centered_absmax", "mean", "sample")
 
 
@@ -78,7 +83,8 @@ class _Reservoir:
 @torch.no_grad()
 def collect_stats(model, captions: Sequence[str], seeds: Sequence[int], steps: int = 20,
                   batch_size: int = 16, guidance_scale: float | None = None,
-                  max_sample_tokens: int = 4096, tokens_per_row: int = 256,
+                  max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
+                  tokens_per_row: int = DEFAULT_TOKENS_PER_ROW,
                   seed: int = 0) -> dict[str, CalibrationStats]:
     """Generate from the captions once, recording every target group's input at every step."""
     if model.is_quantized:
@@ -178,8 +184,8 @@ def _write_cache(base: Path, payload: dict, stats: dict[str, CalibrationStats], 
 
 def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
               guidance_scale: float | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
-              batch_size: int = 16, max_sample_tokens: int = 4096,
-              tokens_per_row: int = 256) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
+              batch_size: int = 16, max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
+              tokens_per_row: int = DEFAULT_TOKENS_PER_ROW) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
     """Calibration statistics for every target group, from the cache when it is valid.
 
     Caption i is generated from seed + i (``caption_seeds``). ``cache_dir=None`` skips the

@@ -75,7 +75,20 @@ def cmd_microbench(args) -> int:
     from .microbench import main as microbench
     from .quant import Precision
 
-    microbench(Precision.parse(args.precision).name, repeats=args.repeats)
+    from .kernels import KERNELS
+
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    bad = [k for k in kernels if k not in KERNELS or k == "auto"]
+    if bad or not kernels:
+        raise ValueError(f"unknown kernel {bad[0] if bad else ''!r} in --kernels: use torch, triton, compile")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    microbench(Precision.parse(args.precision).name, repeats=args.repeats, roofline=args.roofline,
+               kernels=kernels, bf16=args.bf16, memory=args.memory)
     return 0
 
 
@@ -89,7 +102,8 @@ def cmd_run(args) -> int:
              "calib_size": args.calib_size, "eval_size": args.eval_size, "steps": args.steps,
              "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
              "guidance_scale": args.guidance_scale, "metrics": args.metrics,
-             "kernel": args.kernel, "numerics": args.numerics, "cache_dir": args.cache_dir,
+             "kernel": args.kernel, "numerics": args.numerics, "grid": args.grid,
+             "cache_dir": args.cache_dir,
              "download_weights": args.download_weights or None}
     config = load_config(args.config, flags)
     if config.numerics == "pinned" and args.argv is not None:  # the real command, not a call in-process
@@ -165,9 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--dtype", help="float32 (default), float16 or bfloat16")
     run.add_argument("--metrics", help="comma-separated: sqnr,clip_score,clip_iqa (default all)")
-    run.add_argument("--kernel", help="auto (default), torch or triton: the online transform's path")
     run.add_argument("--numerics", help="native (default) or pinned: the same bits on any x86-64 CPU with "
                                         "AVX2 (MKL and ATen code paths, threads; see README)")
+    run.add_argument("--kernel", help="auto (default), torch, triton or compile: the online transform's path")
+    run.add_argument("--grid", help="zero_point (default: integer zero point, as QuaRot and ViDiT-Q) "
+                                    "or min_anchored: the quantization grid")
     run.add_argument("--download-weights", action="store_true",
                      help="let CLIP score and CLIP-IQA fetch missing weights (otherwise: not computed)")
     run.add_argument("--cache-dir", help="where calibration statistics are cached")
@@ -208,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     micro = sub.add_parser("microbench", help="time each transform on PixArt-shaped layers")
     micro.add_argument("--precision", default="w4a4")
     micro.add_argument("--repeats", type=int, default=5)
+    micro.add_argument("--roofline", action="store_true",
+                       help="the online transform's roofline at the benchmark's shapes (only the sections asked for)")
+    micro.add_argument("--kernels", default="torch", help="for --roofline: e.g. torch,compile")
+    micro.add_argument("--bf16", action="store_true", help="bf16 W6A6: online part in bf16 vs fp32")
+    micro.add_argument("--memory", action="store_true",
+                       help="peak resident memory, embedded and PixArt-Sigma-sized (heavy: minutes)")
+    micro.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     micro.set_defaults(func=cmd_microbench)
     return parser
 

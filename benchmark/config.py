@@ -14,9 +14,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .calibration import DEFAULT_SAMPLE_TOKENS
 from .kernels import KERNELS
 from .numerics import MODES
-from .quant import Precision
+from .quant import DEFAULT_GRID, GRIDS, Precision
 from .scoring import METRICS
 
 __all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
@@ -94,6 +95,7 @@ class RunConfig:
     coco_annotations: str | None = None
     caption_file: str | None = None
     calib_size: int = 32
+    calib_sample_tokens: int = DEFAULT_SAMPLE_TOKENS  # raw activations kept per group, for alpha="auto"
     eval_size: int = 16
     steps: int = 20
     seed: int = 0
@@ -105,6 +107,7 @@ class RunConfig:
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     kernel: str = "auto"
     numerics: str = "native"  # "pinned": the same bits on any x86-64 CPU with AVX2 (benchmark/numerics.py)
+    grid: str = DEFAULT_GRID  # the quantization grid of weights and activations (quant.GRIDS)
     download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
     out: str = "results"
     cache_dir: str | None = None
@@ -117,7 +120,7 @@ class RunConfig:
             raise ValueError(f"unknown caption source {self.captions!r}: use embedded, coco or file")
         if self.captions == "file" and not self.caption_file:
             raise ValueError("--captions file needs --caption-file FILE")
-        for name in ("calib_size", "eval_size", "steps"):
+        for name in ("calib_size", "calib_sample_tokens", "eval_size", "steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
@@ -131,6 +134,8 @@ class RunConfig:
             raise ValueError("no metrics given")
         if self.numerics not in MODES:
             raise ValueError(f"unknown numerics {self.numerics!r}: use {' or '.join(MODES)}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}: use {' or '.join(GRIDS)}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}: use {', '.join(KERNELS)}")
         return self

@@ -15,6 +15,7 @@ cell in flight, since results.json is replaced atomically after each cell. ``fre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import subprocess
@@ -33,6 +34,7 @@ from .check import DEFAULT_TOLERANCE
 from . import numerics
 from .config import RunConfig
 from .metrics.registry import METRIC_SPECS
+from .quant import Precision
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
@@ -214,9 +216,11 @@ class Run:
         with progress(model, len(splits.calibration), config.steps, "calibration"):
             stats, info = calibrate(model, [c.text for c in splits.calibration], steps=config.steps,
                                     seed=config.seed, guidance_scale=config.guidance_scale,
-                                    cache_dir=config.cache_dir or DEFAULT_CACHE)
+                                    cache_dir=config.cache_dir or DEFAULT_CACHE,
+                                    max_sample_tokens=config.calib_sample_tokens)
         log(f"calibration: {'from the cache' if info.status == 'hit' else 'collected'} ({info.path})")
         self.results["calibration"] = {"cache": info.status, "key": info.key, "path": str(info.path),
+                                       "sample_tokens": config.calib_sample_tokens,
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self._save()
 
@@ -281,7 +285,8 @@ class Run:
                 "per_sample": {}, "groups": {}, "timings": {}}
         tick = time.perf_counter()
         try:
-            with model.quantized(spec.name, precision, stats, kernel=self.config.kernel,
+            quantized = dataclasses.replace(Precision.parse(precision), grid=self.config.grid)
+            with model.quantized(spec.name, quantized, stats, kernel=self.config.kernel,
                                  **dict(spec.params)) as groups:
                 cell["groups"] = groups
                 cell["kernel"] = sorted({g.get("kernel", "plugin") for g in groups.values()})

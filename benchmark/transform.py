@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hadamard import HadamardRotation
-from .kernels import fused_transform_quantize, resolve_kernel, torch_transform_quantize
+from .kernels import online_function, resolve_kernel
 from .quant import Precision, quantize_weight
 
 __all__ = [
@@ -173,7 +173,7 @@ class TransformedLinear(QuantizedGroup):
         folded = folded.to(dtype)
         if precision.weight_bits is not None:
             folded = quantize_weight(folded, precision.weight_bits, precision.weight_block,
-                                     precision.weight_symmetric)
+                                     precision.weight_symmetric, precision.grid)
         self.register_buffer("weight", folded.contiguous())  # quantize_weight may return a strided view
         # Only the exact correction needs the original weights (full precision W mu).
         keep_original = center and correction == "exact"
@@ -181,14 +181,14 @@ class TransformedLinear(QuantizedGroup):
         self.use_kernel("auto")
 
     def use_kernel(self, kernel: str) -> "TransformedLinear":
-        """Run the online part with "torch", "triton" (the fused kernel) or "auto"."""
+        """Run the online part with "torch", "triton" (the fused kernel), "compile" or "auto"."""
         self.kernel = resolve_kernel(kernel, self.weight.device)
         return self
 
     def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None) -> torch.Tensor:
         """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input."""
-        run = fused_transform_quantize if self.kernel == "triton" else torch_transform_quantize
-        return run(x, mu, self.inv_scale, self.rotation, bits)
+        return online_function(self.kernel)(x, mu, self.inv_scale, self.rotation, bits,
+                                            grid=self.precision.grid)
 
     def forward(self, x: torch.Tensor):
         mu = x.mean(dim=-2, keepdim=True) if self.center else None

@@ -34,7 +34,8 @@ def test_stats_match_all_activations(tiny):
     finally:
         for h in hooks:
             h.remove()
-    stats = collect_stats(tiny, CAPTIONS, caption_seeds(3), steps=STEPS, batch_size=2, max_sample_tokens=256)
+    stats = collect_stats(tiny, CAPTIONS, caption_seeds(3), steps=STEPS, batch_size=2, max_sample_tokens=256,
+                          tokens_per_row=256)
     assert set(stats) == {g.name for g in groups}
     for name, calls in seen.items():
         # batches of 2 and 1 captions, doubled by classifier-free guidance, at every step

@@ -229,7 +229,7 @@ class ModelAdapter(abc.ABC):
         """Quantize the targets (all, or the group names / roles in ``only``) and install them.
 
         ``stats`` maps group names to calibration statistics (``benchmark.calibration``).
-        ``kernel``: the online transform's path, "auto", "torch" or "triton" (fused).
+        ``kernel``: the online transform's path, "auto", "torch", "triton" (fused) or "compile".
         Returns each group's ``describe()`` (precision, chosen alpha, ...) to record.
         """
         from ..registry import create_transform
