@@ -116,8 +116,13 @@ def cmd_check(args) -> int:
     return check(args.results, args.baseline)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other bad input, not the whole usage
+        raise ValueError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hadabench", description=__doc__)
+    parser = _Parser(prog="hadabench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the benchmark (precisions x transforms on one model)")
@@ -177,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except ValueError as error:  # bad input from the user: one line, exit 2
         print(f"hadabench: error: {error}", file=sys.stderr)

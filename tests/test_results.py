@@ -57,6 +57,7 @@ def results_doc(sqnr=(1.0, 2.0), status="ok", config=None):
                                   "per_sample": {}, "groups": {}, "timings": {}}
     return {"schema": SCHEMA, "config": config.to_json(), "config_hash": config.hash(),
             "environment": {"hadabench": "0", "device": "cpu"}, "captions": {"sha256": "x"},
+            "model": {"weights_sha256": "0" * 64},
             "metric_setup": {"clip_score": {"status": "not computed", "reason": "no weights"}},
             "reference": {"metrics": {"clip_score": {"value": None}, "clip_iqa": {"value": 0.9}}},
             "cells": cells, "grids": {}}
