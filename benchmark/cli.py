@@ -48,7 +48,7 @@ def cmd_ls(args) -> int:
 def cmd_validate(args) -> int:
     from pathlib import Path
 
-    from .registry import load_plugin_file, transforms
+    from .registry import create_transform, load_plugin_file, transforms
     from .validate import validate_transform
 
     target = args.plugin
@@ -60,6 +60,8 @@ def cmd_validate(args) -> int:
         raise ValueError(f"{target!r} is neither a plugin .py file nor a registered transform "
                          "(see 'hadabench ls')")
     params = _parse_params(args.param)
+    for name in names if params else ():  # bad --param values are bad input (exit 2), not a failed check
+        create_transform(name, **params)
     failed = False
     for name in names:
         checks = validate_transform(name, **params)
@@ -97,9 +99,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
+    from pathlib import Path
+
     from .leaderboard import find_results, render
     from .results import write_atomic
+    from .runfolder import check_folder
 
+    if Path(args.output).is_dir():
+        raise ValueError(f"-o {args.output} is a folder: give the markdown file to write")
+    check_folder(Path(args.output).parent, "-o")
     text = render(find_results(args.results), args.output)
     write_atomic(args.output, text)
     print(f"wrote {args.output}")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from tabulate import tabulate
 
+from . import markdown as md
 from .results import OK, metric_value
 
 # Columns: (key in a cell's metrics, header, format). Higher is better for all three.
@@ -47,12 +46,12 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     values = []
     for cell in cells:
         if cell["status"] != OK:
-            rows.append([cell["label"], f"failed: {cell.get('reason') or '?'}", "", ""])
+            rows.append([md.cell(cell["label"]), md.cell(f"failed: {cell.get('reason') or '?'}"), "", ""])
             values.append([None] * len(COLUMNS))
             continue
         vals = [metric_value(cell["metrics"].get(k)) for k, _, _ in COLUMNS]
         values.append(vals)
-        rows.append([cell["label"]] + [_fmt(v, f) for v, (_, _, f) in zip(vals, COLUMNS)])
+        rows.append([md.cell(cell["label"])] + [_fmt(v, f) for v, (_, _, f) in zip(vals, COLUMNS)])
     for col in range(len(COLUMNS)):  # the best quantized row of each column in bold
         present = [v[col] for v in values if v[col] is not None]
         if present:
@@ -70,10 +69,9 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
             row += [_fmt(v, f) for v, (_, _, f) in zip(numbers, COLUMNS)]
     lines = [tabulate(rows, headers=headers, tablefmt="github"), ""]
     grid = results.get("grids", {}).get(precision)
-    if grid:
-        target = Path(results["_dir"]) / grid
-        lines += [f"![{precision} grid: one row per caption, full precision first]"
-                  f"({os.path.relpath(target, link_base).replace(os.sep, '/')})", ""]
+    if grid:  # linked only when it is a file inside the run folder
+        lines += [md.link(f"{precision} grid: one row per caption, full precision first", grid,
+                          results["_dir"], link_base, image=True), ""]
     return lines
 
 
@@ -104,11 +102,11 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
     for path in result_files:
         results = read_results(path)
         results["_dir"] = str(Path(path).resolve() if Path(path).is_dir() else Path(path).resolve().parent)
-        config = results["config"]
+        config, environment = results["config"], results.get("environment", {})
         captions = results.get("captions", {})
         for precision in config["precisions"]:
-            lines += [f"## {config['model']} · {precision}", "",
-                      f"{len(captions.get('evaluation', {}).get('ids', []))} {config['captions']} "
+            lines += [f"## {md.text(config['model'])} · {md.text(precision)}", "",
+                      f"{len(captions.get('evaluation', {}).get('ids', []))} {md.text(config['captions'])} "
                       f"captions, {config['steps']} steps, seed {config['seed']}.", ""]
             lines += _table(results, precision, link_base)
         setup = results.get("metric_setup", {})
@@ -117,15 +115,15 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
         reasons.update({name: "not requested in this run (--metrics)" for name in ("clip_score", "clip_iqa")
                         if name not in setup})
         for name, reason in reasons.items():
-            lines += [f"- **{name}** not computed: {reason}"]
+            lines += [f"- **{md.text(name)}** not computed: {md.text(reason)}"]
         if reasons:
             lines.append("")
         lines += ["<details><summary>Configuration and captions</summary>", "",
-                  f"Configuration hash `{results['config_hash']}`; hadabench "
-                  f"{results['environment'].get('hadabench')}, commit "
-                  f"{results['environment'].get('git_commit') or 'unknown'}, device "
-                  f"{results['environment'].get('device')}.", "",
-                  "```json", json.dumps({"config": config, "captions": results.get("captions"),
-                                         "metric_setup": results.get("metric_setup")}, indent=1),
-                  "```", "", "</details>", ""]
+                  f"Configuration hash {md.code(results['config_hash'])}; hadabench "
+                  f"{md.text(environment.get('hadabench'))}, commit "
+                  f"{md.text(environment.get('git_commit') or 'unknown')}, device "
+                  f"{md.text(environment.get('device'))}.", "",
+                  *md.json_block({"config": config, "captions": results.get("captions"),
+                                  "metric_setup": results.get("metric_setup")}),
+                  "", "</details>", ""]
     return "\n".join(lines)
