@@ -54,9 +54,11 @@ def code(value) -> str:
 
 
 def json_block(data) -> list[str]:
-    """The lines of a fenced JSON block: ASCII only, and a backtick inside a string is written
-    ``\\u0060``, so no line can close the fence or open another."""
-    body = json.dumps(data, indent=1, ensure_ascii=True, default=str).replace("`", "\\u0060")
+    """The lines of a fenced JSON block: ASCII only, and backticks and HTML's ``<>&`` inside
+    strings written as ``\\u0060``..., so no line can close the fence or hold a tag."""
+    body = json.dumps(data, indent=1, ensure_ascii=True, default=str)
+    for char in "`<>&":
+        body = body.replace(char, f"\\u{ord(char):04x}")
     return ["```json", body, "```"]
 
 

@@ -169,13 +169,14 @@ class Run:
                 raise ValueError(f"{self.out} holds results of another configuration (hash "
                                  f"{previous['config_hash']}, this run {self.hash}): choose another --out")
             self.results = previous
-        log(f"model: loading {config.model} ({config.dtype}, {self.device})")
+        tick = time.perf_counter()
         self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
         if self.results is not None:  # resuming: the finished cells must be of these weights and captions
             for what, now in (("model", self.model.fingerprint()), ("captions", self.splits.manifest)):
                 if self.results[what] != json.loads(json.dumps(now)):
                     raise ValueError(f"{self.out} holds results of other {what} than this run's "
                                      "(same configuration): use --fresh or another --out")
+        log(f"model: {config.model} ({config.dtype}, {self.device}), loaded in {time.perf_counter() - tick:.1f} s")
 
     # -- the run: from here on, results are written --
     def execute(self) -> int:
