@@ -50,7 +50,8 @@ cell = text  # text() escapes the pipe too, so it is safe in a table cell
 def code(value) -> str:
     value = _one_line(value)
     fence = "`" * (max(map(len, re.findall("`+", value)), default=0) + 1)
-    return f"{fence} {value} {fence}"
+    pad = " " if value[:1] in ("`", " ") or value[-1:] in ("`", " ") else ""  # CommonMark strips it
+    return f"{fence}{pad}{value}{pad}{fence}"
 
 
 def json_block(data) -> list[str]:
