@@ -166,6 +166,10 @@ class RunConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _conforms(value, hint) -> bool:
     """Whether ``value`` is of the annotated type (bool is not a number here; int is a float)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -198,10 +202,6 @@ def check_types(config: RunConfig) -> None:
         value = getattr(config, name)
         if not _conforms(value, hint):
             raise ValueError(f"{name} must be {_type_name(hint)}, got {value!r}")
-
-
-def _file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_config(path: str | None = None, overrides: dict | None = None) -> RunConfig:
