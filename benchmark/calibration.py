@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Sequence
 import torch
 
 from .captions import load_captions
-from .results import sha256_file
+from .results import Each, OptionalKey, read_json, sha256_file, write_atomic
 from .transform import CalibrationStats
 
 __all__ = ["CalibrationInfo", "calibrate", "caption_seeds", "collect_stats", "read_captions"]
@@ -37,6 +36,7 @@ DEFAULT_CACHE = Path(".cache") / "calibration"
 DEFAULT_SAMPLE_TOKENS = 512
 DEFAULT_TOKENS_PER_ROW = 64
 _FIELDS = ("absmax", "centered_absmax", "mean", "sample")
+_META = {"payload": dict, "tensors_sha256": str, "tokens": Each(int), "seconds": OptionalKey(float)}
 
 
 def read_captions(path: str | Path) -> list[str]:
@@ -145,11 +145,8 @@ def _read_cache(base: Path, payload: dict) -> dict[str, CalibrationStats]:
     from safetensors.torch import load_file
 
     meta_path, tensor_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"unreadable {meta_path.name}: {error}") from None
-    if meta.get("payload") != payload:
+    meta = read_json(meta_path, _META, "calibration cache")
+    if meta["payload"] != payload:
         raise ValueError("written for another model, captions or settings")
     if not tensor_path.is_file() or sha256_file(tensor_path) != meta.get("tensors_sha256"):
         raise ValueError(f"{tensor_path.name} is missing or altered")
@@ -173,13 +170,11 @@ def _write_cache(base: Path, payload: dict, stats: dict[str, CalibrationStats], 
     base.parent.mkdir(parents=True, exist_ok=True)
     tensor_path, meta_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
     tensors = {f"{name}/{f}": getattr(s, f).contiguous() for name, s in stats.items() for f in _FIELDS}
-    save_file(tensors, str(tensor_path) + ".tmp")
-    os.replace(str(tensor_path) + ".tmp", tensor_path)
+    write_atomic(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
     meta = {"payload": payload, "tensors_sha256": sha256_file(tensor_path),
             "tokens": {name: s.tokens for name, s in stats.items()}, "seconds": round(seconds, 2)}
     # The json goes last: a pass interrupted while writing leaves no json, hence a miss.
-    meta_path.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=1))
-    os.replace(meta_path.with_suffix(".json.tmp"), meta_path)
+    write_atomic(meta_path, json.dumps(meta, indent=1))
 
 
 def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,

@@ -61,6 +61,11 @@ def compare(run: dict, baseline: dict) -> tuple[list[str], str]:
     tolerance = baseline.get("tolerance")
     if not isinstance(tolerance, dict) or not tolerance:
         raise ValueError("the baseline states no tolerance table (write it with --write-baseline)")
+    for metric, tol in tolerance.items():  # numbers already (read_results); here: their range
+        if not (math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"the baseline's tolerance for {metric} is {tol}: it must be a finite number >= 0")
+    if not baseline["cells"]:
+        raise ValueError("the baseline has no cells: there is nothing to compare against")
     mode, why = gate_mode(run, baseline)
     regressions, rows, tests = [], [], []
     for key, base_cell in baseline["cells"].items():

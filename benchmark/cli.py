@@ -48,7 +48,7 @@ def cmd_ls(args) -> int:
 def cmd_validate(args) -> int:
     from pathlib import Path
 
-    from .registry import load_plugin_file, transforms
+    from .registry import create_transform, load_plugin_file, transforms
     from .validate import validate_transform
 
     target = args.plugin
@@ -60,6 +60,8 @@ def cmd_validate(args) -> int:
         raise ValueError(f"{target!r} is neither a plugin .py file nor a registered transform "
                          "(see 'hadabench ls')")
     params = _parse_params(args.param)
+    for name in names if params else ():  # bad --param values are bad input (exit 2), not a failed check
+        create_transform(name, **params)
     failed = False
     for name in names:
         checks = validate_transform(name, **params)
@@ -116,9 +118,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
+    from pathlib import Path
+
     from .leaderboard import find_results, render
     from .results import write_atomic
+    from .runfolder import check_folder
 
+    if Path(args.output).is_dir():
+        raise ValueError(f"-o {args.output} is a folder: give the markdown file to write")
+    check_folder(Path(args.output).parent, "-o")
     text = render(find_results(args.results), args.output)
     write_atomic(args.output, text)
     print(f"wrote {args.output}")
@@ -155,10 +163,13 @@ def cmd_power(args) -> int:
                    headers=["precision", "cell or paired difference", "mean", "95% half-width", "captions",
                             f"needed for ±{args.target:g}", "paired test"], tablefmt="github"))
     return 0
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other bad input, not the whole usage
+        raise ValueError(f"{message} (see '{self.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hadabench", description=__doc__)
+    parser = _Parser(prog="hadabench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the benchmark (precisions x transforms on one model)")
@@ -236,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else None  # what a restart with pinned numerics re-runs
     try:
+        args = build_parser().parse_args(argv)
+        args.argv = sys.argv[1:] if argv is None else None  # what a restart with pinned numerics re-runs
         return args.func(args)
     except ValueError as error:  # bad input from the user: one line, exit 2
         print(f"hadabench: error: {error}", file=sys.stderr)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +60,8 @@ _SPEC = re.compile(r"\s*([A-Za-z_][\w\-]*)\s*(?:\((.*?)\))?\s*")
 
 def parse_transforms(text: str | list) -> list[TransformSpec]:
     """``"none,hadanorm(alpha=0.3, correction=exact)"`` (or a list of such) -> specs."""
+    if not isinstance(text, (str, list)):
+        raise ValueError(f"transforms must be a string or a list, got {text!r}")
     items = text if isinstance(text, list) else re.split(r",(?![^()]*\))", text)
     specs = []
     for item in items:
@@ -65,9 +70,15 @@ def parse_transforms(text: str | list) -> list[TransformSpec]:
             name = item.pop("name", None)
             if not isinstance(name, str):
                 raise ValueError(f"a transform table needs a 'name', got {item!r}")
+            for key, value in item.items():
+                if not isinstance(value, (str, int, float, bool)):
+                    raise ValueError(f"transform {name!r}: parameter {key} must be a number, string "
+                                     f"or boolean, got {value!r}")
             specs.append(TransformSpec(name, tuple(sorted(item.items()))))
             continue
-        match = _SPEC.fullmatch(str(item))
+        if not isinstance(item, str):
+            raise ValueError(f"a transform is a string or a table, got {item!r}")
+        match = _SPEC.fullmatch(item)
         if not match:
             raise ValueError(f"cannot read transform {item!r}: write name or name(key=value, ...)")
         params = {}
@@ -113,6 +124,18 @@ class RunConfig:
     cache_dir: str | None = None
 
     def validate(self) -> "RunConfig":
+        check_types(self)
+        if self.guidance_scale is not None:
+            self.guidance_scale = float(self.guidance_scale)  # 4 in a TOML file and 4.0 hash alike
+            if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+                raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
+        for name in ("model", "out", "clip_model", "clip_pretrained", "cache_dir"):
+            if getattr(self, name) == "":
+                raise ValueError(f"{name} is empty")
+        if not self.precisions:
+            raise ValueError("no precisions given")
         self.precisions = [Precision.parse(p).name for p in self.precisions]
         if len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"a precision is listed twice: {self.precisions}")
@@ -156,7 +179,38 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-_LIST_FIELDS = {"precisions", "plugins", "metrics"}
+def _conforms(value, hint) -> bool:
+    """Whether ``value`` is of the annotated type (bool is not a number here; int is a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list (of {getattr(args[0], '__name__', args[0])})"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            type(None): "none"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_types(config: RunConfig) -> None:
+    """Every field against its annotation, so that a field added later is checked too."""
+    for name, hint in typing.get_type_hints(RunConfig).items():
+        value = getattr(config, name)
+        if not _conforms(value, hint):
+            raise ValueError(f"{name} must be {_type_name(hint)}, got {value!r}")
 
 
 def load_config(path: str | None = None, overrides: dict | None = None) -> RunConfig:
@@ -168,16 +222,19 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> RunCo
                 values.update(tomllib.load(handle))
         except FileNotFoundError:
             raise ValueError(f"config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as error:
+        except OSError as error:  # a folder, unreadable, ...
+            raise ValueError(f"config {path}: cannot read it ({error.strerror or error})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"config {path}: not valid TOML: {error}") from None
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown configuration key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-    for key in _LIST_FIELDS & set(values):
-        if isinstance(values[key], str):
-            values[key] = [v.strip() for v in values[key].split(",") if v.strip()]
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in values.items():  # "a,b" for a list of strings, on the command line and in files
+        if hints[key] == list[str] and isinstance(value, str):
+            values[key] = [v.strip() for v in value.split(",") if v.strip()]
     if "transforms" in values:
         values["transforms"] = parse_transforms(values["transforms"])
     return RunConfig(**values).validate()

@@ -9,12 +9,12 @@ one. Below each table, the matrix of paired differences behind those verdicts.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from tabulate import tabulate
 
+from . import markdown as md
 from .compare import rank_cells
 from .metrics.registry import leaderboard_metrics
 from .results import OK, metric_value
@@ -65,10 +65,11 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     rows = [_reference_row(results, specs)]
     for index, cell in enumerate(cells):
         if cell.get("status") != OK:
-            rows.append([cell["label"], "", f"failed: {cell.get('reason') or '?'}"] + [""] * (len(specs) - 1))
+            rows.append([md.cell(cell["label"]), "", md.cell(f"failed: {cell.get('reason') or '?'}")]
+                        + [""] * (len(specs) - 1))
             continue
         first = ranked[specs[0].key][index]
-        row = [cell["label"], first.rank if first.rank is not None else ""]
+        row = [md.cell(cell["label"]), first.rank if first.rank is not None else ""]
         for spec in specs:
             entry = ranked[spec.key][index]
             text = _with_interval(spec, metric_value(cell["metrics"].get(spec.key)), entry.interval)
@@ -84,10 +85,9 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     lines = [tabulate(rows, headers=headers, tablefmt="github"), ""]
     lines += _matrix(cells, ranked[specs[0].key], specs[0])
     grid = results.get("grids", {}).get(precision)
-    if grid:
-        target = Path(results["_dir"]) / grid
-        lines += [f"![{precision} grid: one row per caption, full precision first]"
-                  f"({os.path.relpath(target, link_base).replace(os.sep, '/')})", ""]
+    if grid:  # linked only when it is a file inside the run folder
+        lines += [md.link(f"{precision} grid: one row per caption, full precision first", grid,
+                          results["_dir"], link_base, image=True), ""]
     return lines
 
 
@@ -100,11 +100,11 @@ def _matrix(cells: list[dict], ranked: list, spec) -> list[str]:
     if len(usable) < 2:
         return []
     tests = pairwise([s for _, s in usable])
-    rows = [[label] + ["" if i == j else f"{tests[i, j].difference.mean:+.2f}{'*' if tests[i, j].significant else ''}"
+    rows = [[md.cell(label)] + ["" if i == j else f"{tests[i, j].difference.mean:+.2f}{'*' if tests[i, j].significant else ''}"
                        for j in range(len(usable))] for i, (label, _) in enumerate(usable)]
     return ["<details><summary>Paired differences, " + spec.header + " (row − column; * significant at "
             f"p < {1 - BOOTSTRAP['level']:.2f})</summary>", "",
-            tabulate(rows, headers=["row − column"] + [label for label, _ in usable], tablefmt="github"),
+            tabulate(rows, headers=["row − column"] + [md.cell(label) for label, _ in usable], tablefmt="github"),
             "", "</details>", ""]
 
 
@@ -147,7 +147,7 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
              "CLIP score: 100 · max(cos(image, caption), 0). n/a: not computed (the reason is "
              "below the table).", ""]
     for model in dict.fromkeys(r["config"]["model"] for _, r in runs):
-        lines += [f"## {model}", ""]
+        lines += [f"## {md.text(model)}", ""]
         for name, results in (run for run in runs if run[1]["config"]["model"] == model):
             lines += _run_sections(name, results, link_base)
     return "\n".join(lines)
@@ -159,24 +159,24 @@ def _run_sections(name: str, results: dict, link_base: Path) -> list[str]:
     numerics = results.get("environment", {}).get("numerics") or {}
     lines = []
     for precision in config["precisions"]:
-        lines += [f"### {precision} · run `{name}`", "",
-                  f"{len(captions.get('evaluation', {}).get('ids', []))} {config['captions']} captions, "
-                  f"{config['steps']} steps, seed {config['seed']}, numerics {numerics.get('mode', 'native')}.", ""]
+        lines += [f"### {md.text(precision)} · run {md.code(name)}", "",
+                  f"{len(captions.get('evaluation', {}).get('ids', []))} {md.text(config['captions'])} captions, "
+                  f"{config['steps']} steps, seed {config['seed']}, numerics {md.text(numerics.get('mode', 'native'))}.", ""]
         lines += _table(results, precision, link_base)
     setup = results.get("metric_setup", {})
     reasons = {name: entry.get("reason") for name, entry in setup.items() if entry.get("status") != "computed"}
     reasons.update({name: "not requested in this run (--metrics)" for name in ("clip_score", "clip_iqa")
                     if name not in setup})
-    lines += [f"- **{metric}** not computed: {reason}" for metric, reason in reasons.items()]
+    lines += [f"- **{md.text(metric)}** not computed: {md.text(reason)}" for metric, reason in reasons.items()]
     if reasons:
         lines.append("")
+    environment = results.get("environment", {})
     lines += ["<details><summary>Configuration and captions</summary>", "",
-              f"Configuration hash `{results['config_hash']}`; hadabench "
-              f"{results['environment'].get('hadabench')}, commit "
-              f"{results['environment'].get('git_commit') or 'unknown'}, device "
-              f"{results['environment'].get('device')}.", "",
-              "```json", json.dumps({"config": config, "captions": results.get("captions"),
-                                     "metric_setup": results.get("metric_setup"),
-                                     "numerics": numerics}, indent=1),
-              "```", "", "</details>", ""]
+              f"Configuration hash {md.code(results['config_hash'])}; hadabench "
+              f"{md.text(environment.get('hadabench'))}, commit "
+              f"{md.text(environment.get('git_commit') or 'unknown')}, device "
+              f"{md.text(environment.get('device'))}.", "",
+              *md.json_block({"config": config, "captions": results.get("captions"),
+                              "metric_setup": results.get("metric_setup"), "numerics": numerics}),
+              "", "</details>", ""]
     return lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import platform
 import subprocess
@@ -30,12 +31,13 @@ import torch
 
 from . import __version__
 from .calibration import DEFAULT_CACHE, caption_seeds
-from .check import DEFAULT_TOLERANCE
 from . import numerics
+from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
 from .metrics.registry import METRIC_SPECS
 from .quant import Precision
-from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
+from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_atomic, write_json
+from .runfolder import FolderLock, check_folder
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
 
@@ -87,11 +89,8 @@ def save_images(images: torch.Tensor, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for index, array in enumerate(pixels):
-        path = folder / f"{index:02d}.png"
         with Image.fromarray(array) as image:
-            tmp = folder / f".{index:02d}.png.tmp"
-            image.save(tmp, format="PNG")
-            tmp.replace(path)
+            write_atomic(folder / f"{index:02d}.png", lambda tmp: image.save(tmp, format="PNG"))
 
 
 def save_grid(columns: list[tuple[str, torch.Tensor]], path: Path, rows: int = GRID_CAPTIONS) -> None:
@@ -109,9 +108,7 @@ def save_grid(columns: list[tuple[str, torch.Tensor]], path: Path, rows: int = G
         for row, array in enumerate(pixels):
             tile = Image.fromarray(array).resize((size, size), Image.NEAREST)
             grid.paste(tile, (col * size, label_height + row * size))
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
 @contextlib.contextmanager
@@ -142,6 +139,7 @@ class Run:
     # -- set-up: everything that can refuse the run happens before anything is written --
     def prepare(self) -> None:
         from .captions import load_captions, make_splits
+        from .kernels import resolve_kernel
         from .models import load_model
         from .registry import create_transform, load_plugin_file
 
@@ -151,33 +149,48 @@ class Run:
             create_transform(spec.name, **dict(spec.params))  # unknown names/params: refuse now
         self.device = resolve_device(self.config.device)
         numerics.require(self.config.numerics, self.device)
+        resolve_kernel(self.config.kernel, self.device)  # triton where it cannot run: refuse now
         self.hash = self.config.hash()
         self.results = None
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out} is a file, not a folder")
+        check_folder(self.out, "--out")
+        check_folder(self.config.cache_dir or DEFAULT_CACHE, "--cache-dir")
+        config = self.config
+        source_path = {"coco": config.coco_annotations, "file": config.caption_file}.get(config.captions)
+        self.splits = make_splits(load_captions(config.captions, source_path), config.calib_size,
+                                  config.eval_size, seed=config.seed)
+        self.lock = FolderLock(self.out)  # one run per folder, from here to the end of execute()
+        self.lock.acquire()
+        try:
+            self._resume_or_load(load_model)
+        except BaseException:
+            self.lock.release(undo=True)  # refused: the folder is left as it was
+            raise
+
+    def _resume_or_load(self, load_model) -> None:
+        config = self.config
         if self.results_path.exists() and not self.fresh:
             previous = read_results(self.results_path)
             if previous["config_hash"] != self.hash:
                 raise ValueError(f"{self.out} holds results of another configuration (hash "
                                  f"{previous['config_hash']}, this run {self.hash}): choose another --out")
             self.results = previous
-        config = self.config
-        source_path = {"coco": config.coco_annotations, "file": config.caption_file}.get(config.captions)
-        self.splits = make_splits(load_captions(config.captions, source_path), config.calib_size,
-                                  config.eval_size, seed=config.seed)
-        log(f"model: loading {config.model} ({config.dtype}, {self.device})")
+        tick = time.perf_counter()
         self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
         if self.results is not None:  # resuming: the finished cells must be of these weights and captions
             for what, now in (("model", self.model.fingerprint()), ("captions", self.splits.manifest)):
                 if self.results[what] != json.loads(json.dumps(now)):
                     raise ValueError(f"{self.out} holds results of other {what} than this run's "
                                      "(same configuration): use --fresh or another --out")
+        log(f"model: {config.model} ({config.dtype}, {self.device}), loaded in {time.perf_counter() - tick:.1f} s")
 
     # -- the run: from here on, results are written --
     def execute(self) -> int:
-        with numerics.pinned(self.config.numerics, self.device) as described:
-            self.numerics = described
-            return self._execute()
+        try:
+            with numerics.pinned(self.config.numerics, self.device) as described:
+                self.numerics = described
+                return self._execute()
+        finally:
+            self.lock.release()
 
     def _execute(self) -> int:
         from .calibration import calibrate
@@ -244,20 +257,36 @@ class Run:
         log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) +
             f"; {len(cells)} cells, {self.failed} failed; results in {self.results_path}")
 
+    def _reference_key(self, model, captions, seeds) -> str:
+        """What the reference depends on, like the calibration cache's key: stored in the
+        file's header, and a file with another key is generated again, never reused."""
+        guidance = self.config.guidance_scale
+        return json.dumps({
+            "model": model.fingerprint(),
+            "captions_sha256": hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest(),
+            "seeds": list(seeds), "steps": self.config.steps, "dtype": self.config.dtype,
+            "guidance_scale": model.default_settings().get("guidance_scale") if guidance is None else guidance,
+        }, sort_keys=True)
+
     def _reference(self, model, captions, seeds):
+        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
         from .models.base import Generation
 
         path = self.out / "reference.safetensors"
+        key = self._reference_key(model, captions, seeds)
         self._reference_seconds = 0.0
         if path.exists():
             try:
-                tensors = load_file(path)
-                if tensors["latents"].shape[0] == len(captions):
+                with safe_open(path, "pt") as handle:
+                    stored = (handle.metadata() or {}).get("key")
+                if stored == key:
+                    tensors = load_file(path)
                     log(f"reference: reusing {path}")
                     return Generation(captions, seeds, tensors["latents"], tensors["images"],
                                       self.results.get("reference", {}).get("settings", {}))
+                log(f"reference: {path} was generated with other settings; generating again")
             except Exception as error:  # a damaged cache is regenerated, never trusted
                 log(f"reference: {path} unreadable ({error}); generating again")
         log(f"reference: full-precision generation of {len(captions)} captions x {self.config.steps} steps")
@@ -266,10 +295,8 @@ class Run:
             generation = model.generate(captions, seeds, steps=self.config.steps,
                                         guidance_scale=self.config.guidance_scale)
         self._reference_seconds = time.perf_counter() - tick
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".reference.safetensors.tmp")
-        save_file({"latents": generation.latents.contiguous(), "images": generation.images.contiguous()}, tmp)
-        tmp.replace(path)
+        tensors = {"latents": generation.latents.contiguous(), "images": generation.images.contiguous()}
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))
         save_images(generation.images, self.out / "images" / "fp")
         return generation
 

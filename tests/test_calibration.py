@@ -74,7 +74,7 @@ def test_cache_miss_hit_and_stale(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate tensors", "garbage json", "delete tensors",
-                                    "edit payload", "flip a byte"])
+                                    "edit payload", "flip a byte", "json holds []", "tokens not numbers"])
 def test_corrupt_cache_is_rebuilt(tiny, tmp_path, damage):
     stats, info = calibrate(tiny, CAPTIONS, steps=STEPS, cache_dir=tmp_path)
     tensors, meta = info.path.with_suffix(".safetensors"), info.path.with_suffix(".json")
@@ -84,6 +84,12 @@ def test_corrupt_cache_is_rebuilt(tiny, tmp_path, damage):
         meta.write_text("{not json")
     elif damage == "delete tensors":
         tensors.unlink()
+    elif damage == "json holds []":
+        meta.write_text("[]")
+    elif damage == "tokens not numbers":
+        data = json.loads(meta.read_text())
+        data["tokens"] = {name: "abc" for name in data["tokens"]}
+        meta.write_text(json.dumps(data))
     elif damage == "edit payload":
         data = json.loads(meta.read_text())
         data["payload"]["steps"] = 99

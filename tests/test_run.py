@@ -55,7 +55,7 @@ def test_leaderboard_and_check_on_a_run(finished, tmp_path, capsys):
     assert main(["leaderboard", str(finished.parent), "-o", str(board)]) == 0
     text = board.read_text()
     assert "## embedded" in text and "### w4a4 · run" in text and "| hadanorm" in text
-    assert "grid_w4a4.png" in text and "clip_score" in text  # not computed, with the reason
+    assert "grid_w4a4.png" in text and "clip\\_score" in text  # not computed, with the reason (escaped)
     assert main(["check", str(finished), "--baseline", str(finished / "results.json")]) == 0
     assert "no regression" in capsys.readouterr().out
 

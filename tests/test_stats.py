@@ -65,7 +65,7 @@ def doc(cells, numerics="pinned", device="cpu"):
     return {"schema": SCHEMA, "config": config.to_json(), "config_hash": config.hash(),
             "environment": {"hadabench": "0", "device": device, "torch": "2.13.0",
                             "numerics": {"mode": numerics, "threads": 2}},
-            "captions": {"evaluation": {"ids": list(range(32))}}, "metric_setup": {},
+            "captions": {"evaluation": {"ids": list(range(32))}}, "metric_setup": {}, "model": {"name": "x"},
             "reference": {"metrics": {}}, "cells": {f"w4a4/{c['label']}": c for c in cells}, "grids": {},
             "tolerance": {"sqnr_db": SQNR.tolerance}}
 

@@ -8,7 +8,9 @@ Generation calls the pipeline itself (the code a user with the real weights runs
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +22,28 @@ __all__ = ["PixArtAdapter", "PIPELINE_CLASSES"]
 
 PIPELINE_CLASSES = ("PixArtSigmaPipeline", "PixArtAlphaPipeline")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@contextlib.contextmanager
+def _logs_only_on_success(names=("diffusers", "transformers")):
+    """The libraries' log lines while loading, printed only once the load has succeeded: a
+    failed load is one error line, not the warnings printed on the way to failing."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record):
+        held.append(record)
+        return False
+
+    handlers = [h for name in names for h in logging.getLogger(name).handlers]
+    for handler in handlers:
+        handler.addFilter(hold)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hold)
+    for record in held:  # reached only without an exception
+        logging.getLogger(record.name).handle(record)
 
 
 class PixArtAdapter(ModelAdapter):
@@ -43,7 +67,8 @@ class PixArtAdapter(ModelAdapter):
 
         try:
             # model_index.json names the pipeline class, so Sigma and alpha both load here.
-            pipe = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, cache_dir=cache_dir)
+            with _logs_only_on_success():
+                pipe = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, cache_dir=cache_dir)
         except (OSError, EnvironmentError) as error:
             raise ValueError(f"cannot load a pipeline from {name_or_path!r}: {str(error).splitlines()[0]}") from error
         pipe = pipe.to(device)
