@@ -483,7 +483,7 @@ def test_a_crafted_results_file_renders_inert(finished, tmp_path):
     text = render([run], tmp_path / "runs" / "README.md")
     lines = text.splitlines()
     # headings, fences and the details block: only the ones the leaderboard writes
-    assert [line[:3] for line in lines if line.startswith("#")] == ["# h", "## "]
+    assert [line[:3] for line in lines if line.startswith("#")] == ["# h", "## ", "###"]
     assert [line for line in lines if line.startswith("```")] == ["```json", "```"]
     assert sum("<details>" in line for line in lines) == 1 and sum("</details>" in line for line in lines) == 1
     # every table row has the table's columns: no pipe broke out of a cell
@@ -494,7 +494,7 @@ def test_a_crafted_results_file_renders_inert(finished, tmp_path):
     # read back as GitHub would (HTML allowed): no tag but markdown's own and the details block
     html = MarkdownIt("commonmark").enable("table").render(text)
     tags = set(re.findall(r"<\s*/?\s*([a-zA-Z0-9]+)", html))
-    assert tags <= {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "strong", "ul", "li",
+    assert tags <= {"h1", "h2", "h3", "p", "table", "thead", "tbody", "tr", "th", "td", "strong", "ul", "li",
                     "pre", "code", "details", "summary"}, tags
     assert html.count("<h1>") == 1 and html.count("<h2>") == 1 and html.count("<details>") == 1
     # the label as the run recorded it, escaped, and the json block still JSON
