@@ -11,6 +11,7 @@ import math
 
 from tabulate import tabulate
 
+from .config import TransformSpec, hashed_differences
 from .results import OK, metric_value, read_results, write_json
 
 # SQNR at W4A4 wanders with the rounding of the floating-point kernels (4-bit rounding flips
@@ -24,17 +25,21 @@ DEFAULT_TOLERANCE = {"sqnr_db": 1.0, "clip_score": 0.25, "clip_iqa": 0.01}
 def compare(run: dict, baseline: dict) -> tuple[list[str], str]:
     """(regressions, readable table of every compared number)."""
     if run["config_hash"] != baseline["config_hash"]:
-        differ = sorted(k for k in set(run["config"]) | set(baseline["config"])
-                        if run["config"].get(k) != baseline["config"].get(k))
+        differ = hashed_differences(run["config"], baseline["config"])
+        why = (f"hashed keys that differ: {', '.join(differ)}" if differ else
+               "no hashed key differs: the files were written by versions of hadabench whose hashes cover different keys")
         raise ValueError(f"configuration hash {run['config_hash']} differs from the baseline's "
-                         f"{baseline['config_hash']} (different {', '.join(differ) or 'plugin code'}): "
-                         "the numbers are not comparable")
+                         f"{baseline['config_hash']} ({why}): the numbers are not comparable")
     tolerance = baseline.get("tolerance")
     if not isinstance(tolerance, dict) or not tolerance:
         raise ValueError("the baseline states no tolerance table (write it with --write-baseline)")
     regressions, rows = [], []
+    ran = {TransformSpec.from_json(t).label for t in run["config"]["transforms"]}
     for key, base_cell in baseline["cells"].items():
         cell = run["cells"].get(key)
+        if cell is None and base_cell["label"] not in ran:  # e.g. a plugin row added to the baseline
+            rows.append([key, "-", base_cell["status"], "not in this run's transforms", "", "", "not compared"])
+            continue
         if cell is None or cell["status"] != OK:
             if base_cell["status"] == OK:
                 why = "missing from the run" if cell is None else f"failed: {cell.get('reason')}"

@@ -27,10 +27,19 @@ def _parse_params(pairs: list[str]) -> dict:
     return params
 
 
+def _load_plugins(files: list[str] | None) -> list[str]:
+    """Register the transforms of each ``--plugin FILE``; returns their names."""
+    from .registry import load_plugin_file
+
+    return [name for path in files or [] for name in load_plugin_file(path)]
+
+
 def cmd_ls(args) -> int:
     from .models import MODELS
     from .registry import transforms
     from .scoring import METRICS
+
+    _load_plugins(args.plugin)
 
     rows = [[e.name, e.source, ", ".join(f"{k}={v!r}" for k, v in e.defaults.items()) or "-", e.summary]
             for e in sorted(transforms().values(), key=lambda e: e.name)]
@@ -48,7 +57,7 @@ def cmd_ls(args) -> int:
 def cmd_validate(args) -> int:
     from pathlib import Path
 
-    from .registry import load_plugin_file, transforms
+    from .registry import create_transform, load_plugin_file, transforms
     from .validate import validate_transform
 
     target = args.plugin
@@ -60,6 +69,9 @@ def cmd_validate(args) -> int:
         raise ValueError(f"{target!r} is neither a plugin .py file nor a registered transform "
                          "(see 'hadabench ls')")
     params = _parse_params(args.param)
+    if params:  # parameters are the user's input: refuse bad ones (exit 2) before any check
+        for name in names:
+            create_transform(name, **params)
     failed = False
     for name in names:
         checks = validate_transform(name, **params)
@@ -74,8 +86,14 @@ def cmd_validate(args) -> int:
 def cmd_microbench(args) -> int:
     from .microbench import main as microbench
     from .quant import Precision
+    from .registry import BASELINES, create_transform
 
-    microbench(Precision.parse(args.precision).name, repeats=args.repeats)
+    names = list(BASELINES) + _load_plugins(args.plugin)
+    if args.transforms:
+        names = [n.strip() for n in args.transforms.split(",") if n.strip()]
+    for name in names:
+        create_transform(name)  # unknown names: refuse before timing anything
+    microbench(Precision.parse(args.precision).name, repeats=args.repeats, transforms=names)
     return 0
 
 
@@ -90,7 +108,8 @@ def cmd_run(args) -> int:
              "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
              "guidance_scale": args.guidance_scale, "metrics": args.metrics,
              "kernel": args.kernel, "cache_dir": args.cache_dir,
-             "download_weights": args.download_weights or None}
+             "download_weights": args.download_weights or None,
+             "allow_inexact": args.allow_inexact or None}
     run = Run(load_config(args.config, flags), fresh=args.fresh)
     run.prepare()
     return run.execute()
@@ -141,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", help="auto (default), torch or triton: the online transform's path")
     run.add_argument("--download-weights", action="store_true",
                      help="let CLIP score and CLIP-IQA fetch missing weights (otherwise: not computed)")
+    run.add_argument("--allow-inexact", action="store_true",
+                     help="run transforms that are not exact at full precision (rows marked) instead of failing their cells")
     run.add_argument("--cache-dir", help="where calibration statistics are cached")
     run.add_argument("--out", help="the run folder (default results); a rerun into it resumes")
     run.add_argument("--fresh", action="store_true",
@@ -161,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.set_defaults(func=cmd_check)
 
     ls = sub.add_parser("ls", help="list transforms (with their source) and precisions")
+    ls.add_argument("--plugin", action="append", metavar="FILE", help="also list a .py file's transforms")
     ls.set_defaults(func=cmd_ls)
 
     validate = sub.add_parser("validate", help="check a transform before benchmarking it")
@@ -172,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     micro = sub.add_parser("microbench", help="time each transform on PixArt-shaped layers")
     micro.add_argument("--precision", default="w4a4")
     micro.add_argument("--repeats", type=int, default=5)
+    micro.add_argument("--plugin", action="append", metavar="FILE",
+                       help="also time a .py file's transforms (repeatable)")
+    micro.add_argument("--transforms", metavar="NAMES",
+                       help="comma-separated names to time (default: the baselines and the plugins')")
     micro.set_defaults(func=cmd_microbench)
     return parser
 

@@ -12,17 +12,18 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .kernels import KERNELS
 from .quant import Precision
 from .scoring import METRICS
 
-__all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
+__all__ = ["RunConfig", "TransformSpec", "hashed_differences", "load_config", "parse_transforms"]
 
 DEFAULT_TRANSFORMS = "none,smoothquant,quarot,sdcb,dyncenter,hadanorm"
-# Fields that say where results go or how fast they come, not what they are.
-NOT_HASHED = ("out", "cache_dir", "kernel", "download_weights")
+# Fields that say where results go or how fast they come, not what they are; and the
+# transforms: each cell records its own (spec, and its code: a plugin file's sha256), so a
+# run folder can take more transforms later (one new leaderboard row, the others kept).
+NOT_HASHED = ("out", "cache_dir", "kernel", "download_weights", "transforms", "plugins")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class TransformSpec:
 
     def to_json(self) -> dict:
         return {"name": self.name, "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TransformSpec":
+        return cls(data["name"], tuple(sorted(data.get("params", {}).items())))
 
 
 def _value(text: str):
@@ -104,6 +109,7 @@ class RunConfig:
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     kernel: str = "auto"
     download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
+    allow_inexact: bool = False  # run (marked) transforms that are not exact at full precision
     out: str = "results"
     cache_dir: str | None = None
 
@@ -127,6 +133,8 @@ class RunConfig:
             raise ValueError(f"unknown metric {sorted(unknown)[0]!r}: use {', '.join(METRICS)}")
         if not self.metrics:
             raise ValueError("no metrics given")
+        if not isinstance(self.allow_inexact, bool):
+            raise ValueError(f"allow_inexact must be true or false, got {self.allow_inexact!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}: use {', '.join(KERNELS)}")
         return self
@@ -139,12 +147,13 @@ class RunConfig:
     def hash(self) -> str:
         """Identifies what the numbers mean: two runs compare only when this agrees."""
         data = {k: v for k, v in self.to_json().items() if k not in NOT_HASHED}
-        data["plugins"] = [_file_digest(p) for p in self.plugins]  # the code, not its path
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def hashed_differences(first: dict, second: dict) -> list[str]:
+    """The keys the hash covers whose values differ between two configurations (as JSON)."""
+    return sorted(k for k in set(first) | set(second)
+                  if k not in NOT_HASHED and first.get(k) != second.get(k))
 
 
 _LIST_FIELDS = {"precisions", "plugins", "metrics"}

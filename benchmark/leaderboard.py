@@ -38,6 +38,16 @@ def _fmt(value, spec) -> str:
     return spec.format(value)
 
 
+def _label(cell: dict) -> str:
+    """The row's name; a transform run with --allow-inexact is marked as not exact."""
+    exactness = cell.get("exactness") or {}
+    if exactness.get("exact", True):
+        return cell["label"]
+    error = exactness.get("worst_relative_error")
+    shown = f"{error:.1e}" if isinstance(error, (int, float)) else str(error)  # "nan" in JSON
+    return f"{cell['label']} (NOT EXACT at fp: relative error {shown})"
+
+
 def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     cells = [c for c in results["cells"].values() if c["precision"] == precision]
     paper = PAPER.get(precision, {}) if is_pixart_sigma(results["config"]["model"]) else {}
@@ -52,7 +62,7 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
             continue
         vals = [metric_value(cell["metrics"].get(k)) for k, _, _ in COLUMNS]
         values.append(vals)
-        rows.append([cell["label"]] + [_fmt(v, f) for v, (_, _, f) in zip(vals, COLUMNS)])
+        rows.append([_label(cell)] + [_fmt(v, f) for v, (_, _, f) in zip(vals, COLUMNS)])
     for col in range(len(COLUMNS)):  # the best quantized row of each column in bold
         present = [v[col] for v in values if v[col] is not None]
         if present:

@@ -77,9 +77,9 @@ def correction_table(precision: str = "w4a4", tokens: int = 1024, mean_scale: fl
                                    f"{precision} output SQNR dB"], tablefmt="github")
 
 
-def main(precision: str = "w4a4", repeats: int = 5) -> None:
+def main(precision: str = "w4a4", repeats: int = 5, transforms=BASELINES) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1")
     print("\nForward time of one PixArt-shaped layer, 4096 tokens:\n")
-    print(timing_table(precision, repeats=repeats))
+    print(timing_table(precision, repeats=repeats, transforms=transforms))
     print("\nBias-correction modes on inputs with growing channel means (1024 tokens x 2 samples):\n")
     print(correction_table(precision))

@@ -14,7 +14,7 @@ from torch import nn
 
 from benchmark.calibration import calibrate
 from benchmark.models import ROLES, load_model
-from benchmark.models.base import _SharedCall
+from benchmark.models.base import TargetGroup, _SharedCall
 from benchmark.models.embedded import EMBEDDED_DIR
 from benchmark.models.tiny import save_tiny_pixart
 from benchmark.registry import BASELINES
@@ -110,7 +110,8 @@ def test_shared_call_runs_group_once_per_input():
             calls.append(1)
             return x + 1, x + 2, x + 3
 
-    shared = _SharedCall(Group(), 3)
+    group = TargetGroup("g", "self_attn_qkv", 0, [(f"l{i}", nn.Linear(4, 4)) for i in range(3)])
+    shared = _SharedCall(Group(), group)
     x = torch.zeros(2, 4)
     assert [shared.output(i, x)[0, 0].item() for i in range(3)] == [1, 2, 3] and len(calls) == 1
     shared.output(0, x)

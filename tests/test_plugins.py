@@ -66,8 +66,8 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     _install_distribution(tmp_path, monkeypatch, "thirdparty_rotate", """
         from benchmark import AffineTransform
         def rotate_only(seed: int = 3):
-            '''Hadamard without random signs.'''
-            return AffineTransform(name="rotate_only", rotation="full", seed=seed)
+            '''Hadamard with its own random signs.'''
+            return AffineTransform(name="rotate_only", rotation="full", random_signs=True, seed=seed)
     """, "rotate_only = thirdparty_rotate:rotate_only")
     entry = transforms()["rotate_only"]
     assert entry.source == "entry point (thirdparty)" and entry.defaults == {"seed": 3}
