@@ -16,6 +16,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .metrics import sqnr_db
+from .quant import Precision
 from .registry import BASELINES, create_transform
 from .transform import CORRECTIONS, CalibrationStats
 from .validate import synthetic_activations
@@ -50,7 +51,7 @@ def timing_table(precision: str = "w4a4", tokens: int = 4096, repeats: int = 5,
         plain = _time(lambda: layer(x), repeats)
         rows.append([f"{channels}->{out}", "plain nn.Linear (fp32)", f"{plain * 1e3:.1f}", "1.00"])
         for name in transforms:
-            module = create_transform(name).quantize([layer], precision, stats)
+            module = create_transform(name).quantize([layer], Precision.parse(precision), stats)
             t = _time(lambda: module(x), repeats)
             rows.append([f"{channels}->{out}", f"{name} {precision}", f"{t * 1e3:.1f}", f"{t / plain:.2f}"])
     return tabulate(rows, headers=["layer", "forward", "ms", "x plain"], tablefmt="github")
@@ -71,7 +72,7 @@ def correction_table(precision: str = "w4a4", tokens: int = 1024, mean_scale: fl
             modes = sorted(CORRECTIONS) if name in CENTERING else [None]
             for mode in modes:
                 params = {"correction": mode} if mode else {}
-                (y,) = create_transform(name, **params).quantize([layer], precision, stats)(x)
+                (y,) = create_transform(name, **params).quantize([layer], Precision.parse(precision), stats)(x)
                 rows.append([f"{scale:g}", name, mode or "-", f"{sqnr_db(reference[None], y[None]).item():.2f}"])
     return tabulate(rows, headers=["channel-mean offset (x token std)", "transform", "correction",
                                    f"{precision} output SQNR dB"], tablefmt="github")

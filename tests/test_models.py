@@ -120,6 +120,17 @@ def test_shared_call_runs_group_once_per_input():
     assert shared.output(2, torch.zeros(2, 4))[0, 0].item() == 3 and len(calls) == 4
 
 
+def test_shared_call_names_the_group_and_shapes_of_a_wrong_output():
+    class Narrow(nn.Module):
+        def forward(self, x):
+            return (x[..., :3],)
+
+    group = TargetGroup("transformer_blocks.5.ffn_down", "ffn_down", 5, [("l", nn.Linear(4, 4))])
+    with pytest.raises(ValueError, match=r"transformer_blocks\.5\.ffn_down: output 0 has shape \(2, 3\), "
+                                         r"expected \(2, 4\)"):
+        _SharedCall(Narrow(), group).output(0, torch.zeros(2, 4))
+
+
 def _fp_unchanged(model, captions, seeds, stats):
     reference = model.generate(captions, seeds, steps=20)
     for name in BASELINES:
