@@ -84,10 +84,15 @@ def model_exactness(model, transform: Transform, stats: dict[str, CalibrationSta
     """Relative error at "fp" of every target group of ``model`` (a ``ModelAdapter``), on
     that group's calibration tokens. The model itself is not touched."""
     errors = {}
-    for group in model.targets():
-        linears = [copy.deepcopy(linear).float() for _, linear in group.linears]
-        x = calibration_tokens(stats[group.name], max_tokens).to(linears[0].weight.device, torch.float32)
-        errors[group.name] = exactness_error(transform, linears, stats[group.name], x, group.name)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # TF32 matmuls (1e-3) would fail every transform
+    try:
+        for group in model.targets():
+            linears = [copy.deepcopy(linear).float() for _, linear in group.linears]
+            x = calibration_tokens(stats[group.name], max_tokens).to(linears[0].weight.device, torch.float32)
+            errors[group.name] = exactness_error(transform, linears, stats[group.name], x, group.name)
+    finally:
+        torch.set_float32_matmul_precision(previous)
     return errors
 
 

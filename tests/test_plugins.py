@@ -226,3 +226,19 @@ def test_lowrank_example_handles_bias_free_linears_and_the_weight_grid():
         residual = (weight - (u[:, :4] * s[:4]) @ vh[:4]).float()
         assert torch.equal(group.residual, quantize_weight(residual, 4, 16, True))
         assert not torch.equal(group.residual, quantize_weight(residual, 4))  # the grid matters
+
+
+def test_the_runs_check_is_bounded_and_nan_is_the_worst_error():
+    from benchmark import CalibrationStats
+    from benchmark.exactness import CHECK_TOKENS, calibration_tokens, summarize
+
+    stats = CalibrationStats.from_activations(torch.randn(10, 100, 8))
+    assert calibration_tokens(stats).shape == (CHECK_TOKENS // 100, 100, 8)
+    long = CalibrationStats.from_activations(torch.randn(3, 2000, 8))
+    assert calibration_tokens(long).shape == (1, CHECK_TOKENS, 8)  # one sample, cut
+    stats.sample = None
+    with pytest.raises(ValueError, match="needs calibration activations"):
+        calibration_tokens(stats)
+    summary = summarize({"a": 1e-7, "b": float("nan"), "c": 0.5})
+    assert summary["group"] == "b" and summary["exact"] is False
+    assert summarize({"a": 1e-7, "b": 2e-6})["exact"] is True
