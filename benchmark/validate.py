@@ -98,7 +98,7 @@ def validate_transform(name: str, **params) -> list[Check]:
         if not same:
             return False, "outputs differ between runs"
         finite = _finite(a)
-        return True, "two builds and two calls agree bitwise" + ("" if finite else " (all non-finite alike)")
+        return True, "two builds and two calls agree bitwise" + ("" if finite else " (NaN and Inf in the same places)")
 
     def shapes():
         layers, x, module = build(64, [48, 16], "w4a4")
