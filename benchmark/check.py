@@ -24,6 +24,7 @@ from tabulate import tabulate
 
 from .compare import cell_samples
 from .metrics.registry import METRIC_SPECS
+from .config import TransformSpec, hashed_differences
 from .results import OK, metric_value, read_results, write_json
 from .stats import BOOTSTRAP, paired_test
 
@@ -53,11 +54,11 @@ def gate_mode(run: dict, baseline: dict) -> tuple[str, str]:
 def compare(run: dict, baseline: dict) -> tuple[list[str], str]:
     """(regressions, readable table of every compared number, with the test used)."""
     if run["config_hash"] != baseline["config_hash"]:
-        differ = sorted(k for k in set(run["config"]) | set(baseline["config"])
-                        if run["config"].get(k) != baseline["config"].get(k))
+        differ = hashed_differences(run["config"], baseline["config"])
+        why = (f"hashed keys that differ: {', '.join(differ)}" if differ else
+               "no hashed key differs: the files were written by versions of hadabench whose hashes cover different keys")
         raise ValueError(f"configuration hash {run['config_hash']} differs from the baseline's "
-                         f"{baseline['config_hash']} (different {', '.join(differ) or 'plugin code'}): "
-                         "the numbers are not comparable")
+                         f"{baseline['config_hash']} ({why}): the numbers are not comparable")
     tolerance = baseline.get("tolerance")
     if not isinstance(tolerance, dict) or not tolerance:
         raise ValueError("the baseline states no tolerance table (write it with --write-baseline)")
@@ -68,10 +69,14 @@ def compare(run: dict, baseline: dict) -> tuple[list[str], str]:
         raise ValueError("the baseline has no cells: there is nothing to compare against")
     mode, why = gate_mode(run, baseline)
     regressions, rows, tests = [], [], []
+    ran = {TransformSpec.from_json(t).label for t in run["config"]["transforms"]}
     for key, base_cell in baseline["cells"].items():
         cell = run["cells"].get(key)
-        if cell is None or cell.get("status") != OK:
-            if base_cell.get("status") == OK:
+        if cell is None and base_cell["label"] not in ran:  # e.g. a plugin row added to the baseline
+            rows.append([key, "-", base_cell["status"], "not in this run's transforms", "", "", "not compared"])
+            continue
+        if cell is None or cell["status"] != OK:
+            if base_cell["status"] == OK:
                 why_failed = "missing from the run" if cell is None else f"failed: {cell.get('reason')}"
                 regressions.append(f"{key}: {why_failed}")
                 rows.append([key, "-", "ok", why_failed, "", "", "REGRESSION"])

@@ -27,10 +27,19 @@ def _parse_params(pairs: list[str]) -> dict:
     return params
 
 
+def _load_plugins(files: list[str] | None) -> list[str]:
+    """Register the transforms of each ``--plugin FILE``; returns their names."""
+    from .registry import load_plugin_file
+
+    return [name for path in files or [] for name in load_plugin_file(path)]
+
+
 def cmd_ls(args) -> int:
     from .models import MODELS
     from .registry import transforms
     from .scoring import METRICS
+
+    _load_plugins(args.plugin)
 
     rows = [[e.name, e.source, ", ".join(f"{k}={v!r}" for k, v in e.defaults.items()) or "-", e.summary]
             for e in sorted(transforms().values(), key=lambda e: e.name)]
@@ -60,8 +69,9 @@ def cmd_validate(args) -> int:
         raise ValueError(f"{target!r} is neither a plugin .py file nor a registered transform "
                          "(see 'hadabench ls')")
     params = _parse_params(args.param)
-    for name in names if params else ():  # bad --param values are bad input (exit 2), not a failed check
-        create_transform(name, **params)
+    if params:  # parameters are the user's input: refuse bad ones (exit 2) before any check
+        for name in names:
+            create_transform(name, **params)
     failed = False
     for name in names:
         checks = validate_transform(name, **params)
@@ -76,6 +86,7 @@ def cmd_validate(args) -> int:
 def cmd_microbench(args) -> int:
     from .microbench import main as microbench
     from .quant import Precision
+    from .registry import BASELINES, create_transform
 
     from .kernels import KERNELS
 
@@ -89,8 +100,13 @@ def cmd_microbench(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    microbench(Precision.parse(args.precision).name, repeats=args.repeats, roofline=args.roofline,
-               kernels=kernels, bf16=args.bf16, memory=args.memory)
+    names = list(BASELINES) + _load_plugins(args.plugin)
+    if args.transforms:
+        names = [n.strip() for n in args.transforms.split(",") if n.strip()]
+    for name in names:
+        create_transform(name)  # unknown names: refuse before timing anything
+    microbench(Precision.parse(args.precision).name, repeats=args.repeats, transforms=names,
+               roofline=args.roofline, kernels=kernels, bf16=args.bf16, memory=args.memory)
     return 0
 
 
@@ -105,8 +121,8 @@ def cmd_run(args) -> int:
              "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
              "guidance_scale": args.guidance_scale, "metrics": args.metrics,
              "kernel": args.kernel, "numerics": args.numerics, "grid": args.grid,
-             "cache_dir": args.cache_dir,
-             "download_weights": args.download_weights or None}
+             "cache_dir": args.cache_dir, "download_weights": args.download_weights or None,
+             "allow_inexact": args.allow_inexact or None}
     config = load_config(args.config, flags)
     if config.numerics == "pinned" and args.argv is not None:  # the real command, not a call in-process
         from .numerics import restart_pinned
@@ -197,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "or min_anchored: the quantization grid")
     run.add_argument("--download-weights", action="store_true",
                      help="let CLIP score and CLIP-IQA fetch missing weights (otherwise: not computed)")
+    run.add_argument("--allow-inexact", action="store_true",
+                     help="run transforms that are not exact at full precision (rows marked) instead of failing their cells")
     run.add_argument("--cache-dir", help="where calibration statistics are cached")
     run.add_argument("--out", help="the run folder (default results); a rerun into it resumes")
     run.add_argument("--fresh", action="store_true",
@@ -224,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     power.set_defaults(func=cmd_power)
 
     ls = sub.add_parser("ls", help="list transforms (with their source) and precisions")
+    ls.add_argument("--plugin", action="append", metavar="FILE", help="also list a .py file's transforms")
     ls.set_defaults(func=cmd_ls)
 
     validate = sub.add_parser("validate", help="check a transform before benchmarking it")
@@ -242,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--memory", action="store_true",
                        help="peak resident memory, embedded and PixArt-Sigma-sized (heavy: minutes)")
     micro.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    micro.add_argument("--plugin", action="append", metavar="FILE",
+                       help="also time a .py file's transforms (repeatable)")
+    micro.add_argument("--transforms", metavar="NAMES",
+                       help="comma-separated names to time (default: the baselines and the plugins')")
     micro.set_defaults(func=cmd_microbench)
     return parser
 

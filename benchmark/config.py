@@ -15,7 +15,6 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .calibration import DEFAULT_SAMPLE_TOKENS
 from .kernels import KERNELS
@@ -23,11 +22,13 @@ from .numerics import MODES
 from .quant import DEFAULT_GRID, GRIDS, Precision
 from .scoring import METRICS
 
-__all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
+__all__ = ["RunConfig", "TransformSpec", "hashed_differences", "load_config", "parse_transforms"]
 
 DEFAULT_TRANSFORMS = "none,smoothquant,quarot,sdcb,dyncenter,hadanorm"
-# Fields that say where results go or how fast they come, not what they are.
-NOT_HASHED = ("out", "cache_dir", "kernel", "download_weights")
+# Fields that say where results go or how fast they come, not what they are; and the
+# transforms: each cell records its own (spec, and its code: a plugin file's sha256), so a
+# run folder can take more transforms later (one new leaderboard row, the others kept).
+NOT_HASHED = ("out", "cache_dir", "kernel", "download_weights", "transforms", "plugins")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class TransformSpec:
 
     def to_json(self) -> dict:
         return {"name": self.name, "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TransformSpec":
+        return cls(data["name"], tuple(sorted(data.get("params", {}).items())))
 
 
 def _value(text: str):
@@ -120,6 +125,7 @@ class RunConfig:
     numerics: str = "native"  # "pinned": the same bits on any x86-64 CPU with AVX2 (benchmark/numerics.py)
     grid: str = DEFAULT_GRID  # the quantization grid of weights and activations (quant.GRIDS)
     download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
+    allow_inexact: bool = False  # run (marked) transforms that are not exact at full precision
     out: str = "results"
     cache_dir: str | None = None
 
@@ -159,6 +165,8 @@ class RunConfig:
             raise ValueError(f"unknown numerics {self.numerics!r}: use {' or '.join(MODES)}")
         if self.grid not in GRIDS:
             raise ValueError(f"unknown grid {self.grid!r}: use {' or '.join(GRIDS)}")
+        if not isinstance(self.allow_inexact, bool):
+            raise ValueError(f"allow_inexact must be true or false, got {self.allow_inexact!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}: use {', '.join(KERNELS)}")
         return self
@@ -171,12 +179,13 @@ class RunConfig:
     def hash(self) -> str:
         """Identifies what the numbers mean: two runs compare only when this agrees."""
         data = {k: v for k, v in self.to_json().items() if k not in NOT_HASHED}
-        data["plugins"] = [_file_digest(p) for p in self.plugins]  # the code, not its path
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def hashed_differences(first: dict, second: dict) -> list[str]:
+    """The keys the hash covers whose values differ between two configurations (as JSON)."""
+    return sorted(k for k in set(first) | set(second)
+                  if k not in NOT_HASHED and first.get(k) != second.get(k))
 
 
 def _conforms(value, hint) -> bool:

@@ -58,6 +58,16 @@ def _reference_row(results: dict, specs) -> list[str]:
     return row
 
 
+def _label(cell: dict) -> str:
+    """The row's name; a transform run with --allow-inexact is marked as not exact."""
+    exactness = cell.get("exactness") or {}
+    if exactness.get("exact", True):
+        return md.cell(cell["label"])
+    error = exactness.get("worst_relative_error")
+    shown = f"{error:.1e}" if isinstance(error, (int, float)) else str(error)  # "nan" in JSON
+    return md.cell(f"{cell['label']} (NOT EXACT at fp: relative error {shown})")
+
+
 def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     specs = leaderboard_metrics()
     cells = [c for c in results["cells"].values() if c.get("precision") == precision]
@@ -69,7 +79,7 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
                         + [""] * (len(specs) - 1))
             continue
         first = ranked[specs[0].key][index]
-        row = [md.cell(cell["label"]), first.rank if first.rank is not None else ""]
+        row = [_label(cell), first.rank if first.rank is not None else ""]
         for spec in specs:
             entry = ranked[spec.key][index]
             text = _with_interval(spec, metric_value(cell["metrics"].get(spec.key)), entry.interval)

@@ -52,7 +52,7 @@ def timing_table(precision: str = "w4a4", tokens: int = 4096, repeats: int = 5,
         plain = _time(lambda: layer(x), repeats)
         rows.append([f"{channels}->{out}", "plain nn.Linear (fp32)", f"{plain * 1e3:.1f}", "1.00"])
         for name in transforms:
-            module = create_transform(name).quantize([layer], precision, stats)
+            module = create_transform(name).quantize([layer], Precision.parse(precision), stats)
             t = _time(lambda: module(x), repeats)
             rows.append([f"{channels}->{out}", f"{name} {precision}", f"{t * 1e3:.1f}", f"{t / plain:.2f}"])
     return tabulate(rows, headers=["layer", "forward", "ms", "x plain"], tablefmt="github")
@@ -73,7 +73,7 @@ def correction_table(precision: str = "w4a4", tokens: int = 1024, mean_scale: fl
             modes = sorted(CORRECTIONS) if name in CENTERING else [None]
             for mode in modes:
                 params = {"correction": mode} if mode else {}
-                (y,) = create_transform(name, **params).quantize([layer], precision, stats)(x)
+                (y,) = create_transform(name, **params).quantize([layer], Precision.parse(precision), stats)(x)
                 rows.append([f"{scale:g}", name, mode or "-", f"{sqnr_db(reference[None], y[None]).item():.2f}"])
     return tabulate(rows, headers=["channel-mean offset (x token std)", "transform", "correction",
                                    f"{precision} output SQNR dB"], tablefmt="github")
@@ -235,7 +235,7 @@ def memory_table() -> str:
 
 
 def main(precision: str = "w4a4", repeats: int = 5, roofline: bool = False, kernels=("torch",),
-         bf16: bool = False, memory: bool = False) -> None:
+         bf16: bool = False, memory: bool = False, transforms=BASELINES) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1")
     if roofline or bf16 or memory:
         if roofline:
@@ -249,6 +249,6 @@ def main(precision: str = "w4a4", repeats: int = 5, roofline: bool = False, kern
             print(memory_table())
         return
     print("\nForward time of one PixArt-shaped layer, 4096 tokens:\n")
-    print(timing_table(precision, repeats=repeats))
+    print(timing_table(precision, repeats=repeats, transforms=transforms))
     print("\nBias-correction modes on inputs with growing channel means (1024 tokens x 2 samples):\n")
     print(correction_table(precision))

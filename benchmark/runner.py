@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, exactness
 from .calibration import DEFAULT_CACHE, caption_seeds
 from . import numerics
 from .check import DEFAULT_TOLERANCE
@@ -141,7 +141,8 @@ class Run:
         from .captions import load_captions, make_splits
         from .kernels import resolve_kernel
         from .models import load_model
-        from .registry import create_transform, load_plugin_file
+        from .config import hashed_differences
+        from .registry import create_transform, load_plugin_file, transforms
 
         for plugin in self.config.plugins:
             load_plugin_file(plugin)
@@ -151,6 +152,8 @@ class Run:
         numerics.require(self.config.numerics, self.device)
         resolve_kernel(self.config.kernel, self.device)  # triton where it cannot run: refuse now
         self.hash = self.config.hash()
+        self.sources = {spec.label: transforms()[spec.name] for spec in self.config.transforms}
+        self.exactness: dict[str, tuple] = {}  # per transform label, shared by its precisions
         self.results = None
         check_folder(self.out, "--out")
         check_folder(self.config.cache_dir or DEFAULT_CACHE, "--cache-dir")
@@ -171,8 +174,10 @@ class Run:
         if self.results_path.exists() and not self.fresh:
             previous = read_results(self.results_path)
             if previous["config_hash"] != self.hash:
+                differ = hashed_differences(previous["config"], self.config.to_json())
                 raise ValueError(f"{self.out} holds results of another configuration (hash "
-                                 f"{previous['config_hash']}, this run {self.hash}): choose another --out")
+                                 f"{previous['config_hash']}, this run {self.hash}; different "
+                                 f"{', '.join(differ) or 'hash definition'}): choose another --out")
             self.results = previous
         tick = time.perf_counter()
         self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
@@ -212,6 +217,8 @@ class Run:
                 "captions": splits.manifest, "model": model.fingerprint(), "cells": {}, "grids": {},
                 "tolerance": dict(DEFAULT_TOLERANCE),  # so that this run can serve as a baseline
             }
+        else:  # resuming, perhaps with more transforms: the folder's configuration holds them all
+            self.results["config"] = _union(self.results["config"], config.to_json())
         reference = self._reference(model, evaluation, seeds)
         scorers = Scorers(config, self.device)
         self.results["metric_setup"] = scorers.setup()
@@ -303,19 +310,29 @@ class Run:
     def _cell(self, model, scorers, precision, spec, captions, seeds, reference, stats) -> None:
         key = cell_key(precision, spec.label)
         done = self.results["cells"].get(key)
-        if done is not None:
+        source = self.sources[spec.label]
+        if done is not None and done.get("code") == source.code:
             log(f"{key}: done before ({done['status']}), skipped")
             self.failed += done["status"] != OK
             return
+        if done is not None:
+            log(f"{key}: its code changed ({done.get('code')} -> {source.code}), computed again")
         cell = {"precision": precision, "transform": spec.name, "label": spec.label,
-                "params": dict(spec.params), "status": OK, "reason": None, "metrics": {},
-                "per_sample": {}, "groups": {}, "timings": {}}
+                "params": dict(spec.params), "source": source.source, "code": source.code,
+                "status": OK, "reason": None, "metrics": {}, "per_sample": {}, "groups": {}, "timings": {}}
         tick = time.perf_counter()
         try:
+            errors, seconds = self._exact(model, spec, stats)
+            cell["groups"] = {name: {"exact_error": error} for name, error in errors.items()}
+            cell["exactness"] = summary = {**exactness.summarize(errors), "check_s": seconds}
+            if not summary["exact"] and not self.config.allow_inexact:
+                raise exactness.NotExact(exactness.describe_failure(summary))
+            tick = time.perf_counter()
             quantized = dataclasses.replace(Precision.parse(precision), grid=self.config.grid)
             with model.quantized(spec.name, quantized, stats, kernel=self.config.kernel,
                                  **dict(spec.params)) as groups:
-                cell["groups"] = groups
+                cell["groups"] = {name: {**described, "exact_error": errors.get(name)}
+                                  for name, described in groups.items()}
                 cell["kernel"] = sorted({g.get("kernel", "plugin") for g in groups.values()})
                 cell["timings"]["quantize_s"] = time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -341,15 +358,14 @@ class Run:
         import numpy as np
 
         columns = [("full precision", reference.images)]
-        for spec in self.config.transforms:
-            cell = self.results["cells"].get(cell_key(precision, spec.label))
-            folder = self.out / "images" / precision / _safe(spec.label)
-            if cell is None or cell["status"] != OK or not folder.exists():
+        for cell in self.results["cells"].values():  # every row of the folder, resumed ones too
+            folder = self.out / "images" / precision / _safe(cell["label"])
+            if cell["precision"] != precision or cell["status"] != OK or not folder.exists():
                 continue
             files = sorted(folder.glob("*.png"))[:GRID_CAPTIONS]
             images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
                                   for f in files]).float() / 255
-            columns.append((spec.label, images))
+            columns.append((cell["label"], images))
         name = f"grid_{precision}.png"
         save_grid(columns, self.out / name)
         self.results["grids"][precision] = name
@@ -361,8 +377,30 @@ class Run:
             for path in self.out.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
+    def _exact(self, model, spec, stats) -> tuple[dict[str, float], float]:
+        """Per group, the transform's relative error at full precision, and the seconds the
+        check took (computed once per transform, for all its precisions)."""
+        from .registry import create_transform
+
+        if spec.label not in self.exactness:
+            tick = time.perf_counter()
+            transform = create_transform(spec.name, **dict(spec.params))
+            errors = exactness.model_exactness(model, transform, stats)
+            self.exactness[spec.label] = errors, time.perf_counter() - tick
+        return self.exactness[spec.label]
+
     def _save(self) -> None:
         write_json(self.results_path, self.results)
+
+
+def _union(previous: dict, current: dict) -> dict:
+    """A resumed folder's configuration: the earlier one, its transforms and plugins joined
+    by this run's (not hashed: each cell records its own transform and code)."""
+    merged = dict(previous)
+    for key in ("transforms", "plugins"):
+        merged[key] = list(previous.get(key, [])) + [item for item in current[key]
+                                                     if item not in previous.get(key, [])]
+    return merged
 
 
 def _safe(label: str) -> str:
@@ -380,4 +418,6 @@ def _summary(key: str, cell: dict) -> str:
             spread = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval.get("low") is not None else ""
             shown.append(f"{spec.key} {spec.show(metric_value(entry))}{spread}")
     seconds = sum(cell["timings"].values())
-    return f"{key}: {', '.join(shown)}  ({seconds:.1f} s)"
+    inexact = "" if cell.get("exactness", {}).get("exact", True) else \
+        f"  INEXACT at fp (relative error {cell['exactness']['worst_relative_error']:.2e}, allowed)"
+    return f"{key}: {', '.join(shown)}  ({seconds:.1f} s){inexact}"

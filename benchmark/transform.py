@@ -39,6 +39,9 @@ CORRECTIONS = {
     "fp_token": "m~ kept in full precision, multiplied by the quantized W~",
     "exact": "W mu with the original full-precision weights",
 }
+# When each AffineTransform parameter has an effect (others are refused away from their default).
+_NEEDS = {"block_size": "only the rotation 'block' uses it", "seed": "it draws random signs, "
+          "and random_signs is off", "correction": "only a centering transform adds W mu back"}
 AUTO_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 _EPS = 1e-5
 
@@ -246,8 +249,27 @@ class AffineTransform(Transform):
             raise ValueError(f"correction must be one of {sorted(CORRECTIONS)}, got {self.correction!r}")
         if isinstance(self.alpha, str) and self.alpha != "auto":
             raise ValueError(f"alpha must be a number in [0, 1], 'auto' or None, got {self.alpha!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, str, type(None))):
+            raise ValueError(f"alpha must be a number in [0, 1], 'auto' or None, got {self.alpha!r}")
         if isinstance(self.alpha, (int, float)) and not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        for flag in ("center", "random_signs"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        for number in ("block_size", "seed"):
+            value = getattr(self, number)
+            if isinstance(value, bool) or not isinstance(value, int) or (number == "block_size" and value < 1):
+                raise ValueError(f"{number} must be {'a positive' if number == 'block_size' else 'an'} "
+                                 f"integer, got {value!r}")
+        # A parameter set away from its default where it has no effect is refused: the run
+        # would record (and label a row with) a setting that changed nothing.
+        unused = {"block_size": self.rotation != "block", "seed": not self.random_signs,
+                  "correction": not self.center}
+        for key, ignored in unused.items():
+            default = next(f.default for f in dataclasses.fields(self) if f.name == key)
+            if ignored and getattr(self, key) != default:
+                raise ValueError(f"{key}={getattr(self, key)!r} has no effect here "
+                                 f"({_NEEDS[key]}); leave it at its default {default!r}")
 
     def config(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}

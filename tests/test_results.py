@@ -126,3 +126,48 @@ def test_leaderboard_markdown(tmp_path):
     write_json(tmp_path / "pixart.json", results_doc(config=config))
     text = render([tmp_path / "pixart.json"], tmp_path / "README.md")
     assert "paper SQNR (dB)" in text and "0.92" in text and "31.69" in text
+
+
+def test_check_names_the_hashed_keys_that_differ_never_out(tmp_path, capsys):
+    base = RunConfig(precisions=["w4a4"], transforms=parse_transforms("none,hadanorm")).validate()
+    other = RunConfig(precisions=["w4a4"], steps=3, out="elsewhere", kernel="torch",
+                      transforms=parse_transforms("none,hadanorm")).validate()
+    with pytest.raises(ValueError, match=r"hashed keys that differ: steps\)") as error:
+        compare(results_doc(config=other), {**results_doc(config=base), "tolerance": DEFAULT_TOLERANCE})
+    assert "out" not in str(error.value).replace("without", "")
+    # out, kernel and the transform list are not hashed: these compare
+    moved = RunConfig(precisions=["w4a4"], out="elsewhere", transforms=parse_transforms("none,hadanorm")).validate()
+    assert moved.hash() == base.hash()
+    # a hash written under another definition, with no hashed key differing, says so
+    stale = {**results_doc(config=base), "config_hash": "0" * 16}
+    with pytest.raises(ValueError, match="no hashed key differs"):
+        compare(stale, {**results_doc(config=base), "tolerance": DEFAULT_TOLERANCE})
+
+
+def test_hash_ignores_the_transform_list_but_not_allow_inexact():
+    one = RunConfig(transforms=parse_transforms("none")).validate()
+    assert one.hash() == RunConfig(transforms=parse_transforms("none,my_plugin")).validate().hash()
+    assert one.hash() != RunConfig(transforms=parse_transforms("none"), allow_inexact=True).validate().hash()
+    with pytest.raises(ValueError, match="allow_inexact must be true or false"):
+        RunConfig(allow_inexact="yes").validate()
+
+
+def test_check_does_not_count_baseline_rows_the_run_did_not_include(tmp_path):
+    """A plugin row added to the published baseline is no regression of a run of the others."""
+    baseline = {**results_doc(), "tolerance": DEFAULT_TOLERANCE}
+    run = results_doc()
+    del run["cells"]["w4a4/hadanorm"]
+    run["config"]["transforms"] = [{"name": "none", "params": {}}]
+    regressions, table = compare(run, baseline)
+    assert regressions == [] and "not in this run's transforms" in table
+    run["config"]["transforms"].append({"name": "hadanorm", "params": {}})  # configured, yet missing
+    assert compare(run, baseline)[0] == ["w4a4/hadanorm: missing from the run"]
+
+
+def test_leaderboard_marks_a_row_run_with_allow_inexact(tmp_path):
+    doc = results_doc(sqnr=(1.0, 2.5))
+    doc["cells"]["w4a4/hadanorm"]["exactness"] = {"worst_relative_error": 0.0085, "exact": False}
+    doc["cells"]["w4a4/none"]["exactness"] = {"worst_relative_error": 0.0, "exact": True}
+    write_json(tmp_path / "results.json", doc)
+    text = render([tmp_path / "results.json"], tmp_path / "README.md")
+    assert "| hadanorm (NOT EXACT at fp: relative error 8.5e-03)" in text and "| none " in text

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..exactness import check_outputs
 from ..quant import Precision
 from ..transform import CalibrationStats, QuantizedGroup, Transform, TransformedLinear
 
@@ -109,8 +110,8 @@ class _SharedCall:
     member has taken its output, so no activations outlive the call.
     """
 
-    def __init__(self, module: QuantizedGroup, members: int):
-        self.module, self.members = module, members
+    def __init__(self, module: QuantizedGroup, group: TargetGroup):
+        self.module, self.members, self.group = module, len(group.linears), group
         self._clear()
 
     def _clear(self):
@@ -127,9 +128,7 @@ class _SharedCall:
         hit = (self._input is x and self._version == self._version_of(x) and index not in self._taken)
         if not hit:
             outputs = self.module(x)
-            if not isinstance(outputs, tuple) or len(outputs) != self.members:
-                raise ValueError(f"{type(self.module).__name__} returned {type(outputs).__name__}, "
-                                 f"expected a tuple of {self.members} outputs")
+            check_outputs(outputs, [linear for _, linear in self.group.linears], x, self.group.name)
             self._input, self._version, self._outputs, self._taken = x, self._version_of(x), outputs, set()
         self._taken.add(index)
         out = self._outputs[index]
@@ -217,7 +216,7 @@ class ModelAdapter(abc.ABC):
             raise ValueError(f"unknown target groups {unknown[:3]}; see adapter.targets()")
         for name, module in modules.items():
             group = by_name[name]
-            shared = _SharedCall(module, len(group.linears))
+            shared = _SharedCall(module, group)
             for index, (qualified, linear) in enumerate(group.linears):
                 self._set(qualified, QuantizedMember(module, shared, index, linear))
                 self._originals[qualified] = linear
