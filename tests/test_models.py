@@ -73,7 +73,7 @@ def test_tiny_generation_shapes_and_determinism(tiny):
     c = tiny.generate(CAPTIONS, [SEEDS[0], 99], steps=20)
     assert torch.equal(a.latents[0], c.latents[0]) and not torch.equal(a.latents[1], c.latents[1])
     # Another batch size may take other BLAS kernels (MKL picks them by shape): equal up to
-    # float32 rounding (measured <= 5e-7 of the latent range on AVX2 and AVX-512), far below
+    # float32 rounding (measured <= 5e-7 of the latent range, ATen AVX-512 and default), far below
     # what a batching bug (a caption given another's noise or mask) would change.
     b = tiny.generate(CAPTIONS, SEEDS, steps=20, batch_size=1)
     assert torch.allclose(b.latents, a.latents, rtol=0, atol=1e-5 * a.latents.abs().max().item())
