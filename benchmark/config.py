@@ -23,6 +23,8 @@ __all__ = ["RunConfig", "TransformSpec", "load_config", "parse_transforms"]
 DEFAULT_TRANSFORMS = "none,smoothquant,quarot,sdcb,dyncenter,hadanorm"
 # Fields that say where results go or how fast they come, not what they are.
 NOT_HASHED = ("out", "cache_dir", "kernel", "download_weights")
+# Fields added later: left out of the hash at their default, so older hashes stay valid.
+HASHED_UNLESS_NONE = ("roles", "blocks")
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,14 @@ class RunConfig:
     download_weights: bool = False  # let the metrics fetch missing CLIP weights from the hub
     out: str = "results"
     cache_dir: str | None = None
+    roles: list[str] | None = None   # quantize only these roles (benchmark/subset.py); None: all
+    blocks: list[int] | None = None  # and only these blocks; None: all
 
     def validate(self) -> "RunConfig":
+        from .subset import parse_blocks, parse_roles
+
         self.precisions = [Precision.parse(p).name for p in self.precisions]
+        self.roles, self.blocks = parse_roles(self.roles), parse_blocks(self.blocks)
         if len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"a precision is listed twice: {self.precisions}")
         if self.captions not in ("embedded", "coco", "file"):
@@ -138,7 +145,8 @@ class RunConfig:
 
     def hash(self) -> str:
         """Identifies what the numbers mean: two runs compare only when this agrees."""
-        data = {k: v for k, v in self.to_json().items() if k not in NOT_HASHED}
+        data = {k: v for k, v in self.to_json().items()
+                if k not in NOT_HASHED and not (k in HASHED_UNLESS_NONE and v is None)}
         data["plugins"] = [_file_digest(p) for p in self.plugins]  # the code, not its path
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -150,9 +158,11 @@ def _file_digest(path: str) -> str:
 _LIST_FIELDS = {"precisions", "plugins", "metrics"}
 
 
-def load_config(path: str | None = None, overrides: dict | None = None) -> RunConfig:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (flags that were given)."""
-    values: dict = {}
+def load_config(path: str | None = None, overrides: dict | None = None,
+                defaults: dict | None = None) -> RunConfig:
+    """Defaults (``defaults`` over RunConfig's own), then the TOML file at ``path``, then
+    ``overrides`` (flags that were given)."""
+    values: dict = dict(defaults or {})
     if path is not None:
         try:
             with open(path, "rb") as handle:

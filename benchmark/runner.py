@@ -32,6 +32,7 @@ from .calibration import DEFAULT_CACHE, caption_seeds
 from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
+from .subset import Subset
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
 
@@ -146,7 +147,7 @@ class Run:
         for spec in self.config.transforms:
             create_transform(spec.name, **dict(spec.params))  # unknown names/params: refuse now
         self.device = resolve_device(self.config.device)
-        self.hash = self.config.hash()
+        self.hash = self._config_hash()
         self.results = None
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file, not a folder")
@@ -167,6 +168,11 @@ class Run:
                 if self.results[what] != json.loads(json.dumps(now)):
                     raise ValueError(f"{self.out} holds results of other {what} than this run's "
                                      "(same configuration): use --fresh or another --out")
+        self.subset = Subset.of(config.roles, config.blocks)
+        self.subset.check(self.model.targets())  # roles and blocks of this model: refuse now
+
+    def _config_hash(self) -> str:
+        return self.config.hash()
 
     # -- the run: from here on, results are written --
     def execute(self) -> int:
@@ -211,13 +217,16 @@ class Run:
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self._save()
 
-        for precision in config.precisions:
-            for spec in config.transforms:
-                self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats)
-            self._grid(precision, reference)
+        self._cells(model, scorers, evaluation, seeds, reference, stats)
         self._save()
         self._report_times()
         return 1 if self.failed else 0
+
+    def _cells(self, model, scorers, evaluation, seeds, reference, stats) -> None:
+        for precision in self.config.precisions:
+            for spec in self.config.transforms:
+                self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats)
+            self._grid(precision, reference)
 
     def _report_times(self) -> None:
         """Where the time went (of the work recorded in the results, resumed cells included)."""
@@ -260,8 +269,10 @@ class Run:
         save_images(generation.images, self.out / "images" / "fp")
         return generation
 
-    def _cell(self, model, scorers, precision, spec, captions, seeds, reference, stats) -> None:
-        key = cell_key(precision, spec.label)
+    def _cell(self, model, scorers, precision, spec, captions, seeds, reference, stats,
+              subset: Subset | None = None) -> None:
+        """One cell; ``subset`` (a study's cell: keyed by it, no images) instead of the run's."""
+        key = cell_key(precision, spec.label) + (f" [{subset.label}]" if subset else "")
         done = self.results["cells"].get(key)
         if done is not None:
             log(f"{key}: done before ({done['status']}), skipped")
@@ -269,10 +280,11 @@ class Run:
             return
         cell = {"precision": precision, "transform": spec.name, "label": spec.label,
                 "params": dict(spec.params), "status": OK, "reason": None, "metrics": {},
-                "per_sample": {}, "groups": {}, "timings": {}}
+                "per_sample": {}, "groups": {}, "timings": {}, "subset": (subset or self.subset).to_json()}
         tick = time.perf_counter()
         try:
             with model.quantized(spec.name, precision, stats, kernel=self.config.kernel,
+                                 only=(subset or self.subset).only(model.targets()),
                                  **dict(spec.params)) as groups:
                 cell["groups"] = groups
                 cell["kernel"] = sorted({g.get("kernel", "plugin") for g in groups.values()})
@@ -287,7 +299,8 @@ class Run:
             tick = time.perf_counter()
             cell["metrics"], cell["per_sample"] = scorers.cell(reference, generation, captions)
             cell["timings"]["metrics_s"] = time.perf_counter() - tick
-            save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
+            if subset is None:
+                save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
         except Exception as error:  # the transform is under test: fail its cell, go on
             cell["status"], cell["reason"] = FAILED, f"{type(error).__name__}: {error}"
             self.failed += 1
