@@ -150,16 +150,17 @@ class SensitivityStudy(Run):
     def _cells(self, model, scorers, evaluation, seeds, reference, stats) -> None:
         tick = time.perf_counter()
         roles, blocks = self.layout(model.targets())
-        args = (model, scorers)
-        rest = (evaluation, seeds, reference, stats)
+        # What the claims need first (so that an interrupted study already answers them), then
+        # the blocks view, the other columns, and the all-roles row.
+        columns = sorted(self.config.transforms, key=lambda s: point_name(s) not in CLAIM_COLUMNS)
+        cells = [(spec, Subset((role,), self.subset.blocks)) for spec in columns for role in roles]
+        first = sum(point_name(s) in CLAIM_COLUMNS for s in columns) * len(roles)
+        cells[first:first] = \
+            [(self.block_spec, Subset((role,), (block,))) for role in roles for block in blocks]
+        cells += [(spec, None) for spec in self.config.transforms]  # None: the plain run's cell
         for precision in self.config.precisions:
-            for spec in self.config.transforms:
-                self._cell(*args, precision, spec, *rest)  # all roles: the plain run's cell
-                for role in roles:
-                    self._cell(*args, precision, spec, *rest, subset=Subset((role,), self.subset.blocks))
-            for role in roles:
-                for block in blocks:
-                    self._cell(*args, precision, self.block_spec, *rest, subset=Subset((role,), (block,)))
+            for spec, subset in cells:
+                self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats, subset=subset)
         self.info["cells_wall_s"] = self.results.get("study", {}).get("cells_wall_s", 0.0) + time.perf_counter() - tick
         self.info.update(summarize(self.results, self.config, self.block_spec, roles, blocks, self.subset))
         self._save()
@@ -207,6 +208,7 @@ def summarize(results, config, block_spec, roles, blocks, subset) -> dict:
 PAPER_WORST = ("self_attn_qkv", "self_attn_out", "cross_attn_q", "ffn_up", "ffn_down")
 TEXT_INPUT = "cross_attn_kv"
 SINGLES = ("C", "S", "R")
+CLAIM_COLUMNS = ("none", *SINGLES, "C+S+R", "C+R", "S+R")
 VERDICT = {1: "holds", -1: "does not hold", 0: "undecided (interval holds 0)"}
 
 
