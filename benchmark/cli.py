@@ -104,7 +104,8 @@ def cmd_run(args) -> int:
 def cmd_sensitivity(args) -> int:
     from .sensitivity import study
 
-    return study(args.config, _run_flags(args), block_view=args.block_view, fresh=args.fresh)
+    return study(args.config, _run_flags(args), block_view=args.block_view, fresh=args.fresh,
+                 report=args.report)
 
 
 def cmd_leaderboard(args) -> int:
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="one quantizer at a time: roles x transforms, and blocks x roles")
     study.add_argument("--block-view", metavar="TRANSFORM",
                        help="the transform (label) of the blocks x roles view (default: the first)")
+    study.add_argument("--report", action="store_true",
+                       help="only write the tables and heatmaps of the cells finished so far")
     study.set_defaults(func=cmd_sensitivity)
 
     board = sub.add_parser("leaderboard", help="write markdown tables from result files")

@@ -104,6 +104,10 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
     for path in result_files:
         results = read_results(path)
         results["_dir"] = str(Path(path).resolve() if Path(path).is_dir() else Path(path).resolve().parent)
+        if "study" in results:  # a study (hadabench sensitivity) writes its own page: link it
+            page = os.path.relpath(Path(results["_dir"]) / "README.md", link_base)
+            lines += [f"Study: [{results['study'].get('kind')}, {results['config']['model']}]({page})", ""]
+            continue
         config = results["config"]
         captions = results.get("captions", {})
         for precision in config["precisions"]:

@@ -147,25 +147,49 @@ class SensitivityStudy(Run):
         blocks = sorted({g.block_index for g in chosen})
         return roles, blocks
 
-    def _cells(self, model, scorers, evaluation, seeds, reference, stats) -> None:
-        tick = time.perf_counter()
-        roles, blocks = self.layout(model.targets())
+    def plan(self, targets) -> list[tuple[TransformSpec, Subset | None]]:
+        """The study's cells of one precision, in the order they run."""
+        roles, blocks = self.layout(targets)
         # What the claims need first (so that an interrupted study already answers them), then
         # the blocks view, the other columns, and the all-roles row.
-        columns = sorted(self.config.transforms, key=lambda s: point_name(s) not in CLAIM_COLUMNS)
+        order = {name: i for i, name in enumerate(CLAIM_COLUMNS)}
+        columns = sorted(self.config.transforms, key=lambda s: order.get(point_name(s), len(order)))
         cells = [(spec, Subset((role,), self.subset.blocks)) for spec in columns for role in roles]
         first = sum(point_name(s) in CLAIM_COLUMNS for s in columns) * len(roles)
         cells[first:first] = \
             [(self.block_spec, Subset((role,), (block,))) for role in roles for block in blocks]
         cells += [(spec, None) for spec in self.config.transforms]  # None: the plain run's cell
+        return cells
+
+    def _cells(self, model, scorers, evaluation, seeds, reference, stats) -> None:
+        tick = time.perf_counter()
         for precision in self.config.precisions:
-            for spec, subset in cells:
+            for spec, subset in self.plan(model.targets()):
                 self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats, subset=subset)
         self.info["cells_wall_s"] = self.results.get("study", {}).get("cells_wall_s", 0.0) + time.perf_counter() - tick
+        self.report()
+
+    def report(self) -> int:
+        """The tables, claims, README.md and heatmaps from the cells finished so far."""
+        if self.results is None or "reference" not in self.results:
+            raise ValueError(f"{self.out} holds no study of this configuration yet: run it first")
+        targets = self.model.targets()
+        roles, blocks = self.layout(targets)
+        self.info["cells"] = {"planned": len(self.plan(targets)) * len(self.config.precisions),
+                              "finished": sum(c["status"] == OK for c in self.results["cells"].values())}
+        timed = [sum(c["timings"].values()) for c in self.results["cells"].values() if c["timings"]]
+        timing = {"per_cell_s": sum(timed) / max(1, len(timed)),
+                  "reference_s": self.results["reference"]["timings"]["generate_s"],
+                  "calibration_s": self.results.get("calibration", {}).get("collect_s") or 0.0}
+        timing["study_min"] = (timing["reference_s"] + timing["calibration_s"]
+                               + timing["per_cell_s"] * self.info["cells"]["planned"]) / 60
+        self.info["timing"] = timing
         self.info.update(summarize(self.results, self.config, self.block_spec, roles, blocks, self.subset))
         self._save()
         write_report(self.results, self.out)
-        log(f"sensitivity: wrote {self.out / 'README.md'} and its heatmaps")
+        log(f"sensitivity: wrote {self.out / 'README.md'} and its heatmaps "
+            f"({self.info['cells']['finished']} of {self.info['cells']['planned']} cells)")
+        return 0
 
 
 def _cell_ci(results: dict, key: str) -> tuple[dict | None, list | None]:
@@ -208,7 +232,7 @@ def summarize(results, config, block_spec, roles, blocks, subset) -> dict:
 PAPER_WORST = ("self_attn_qkv", "self_attn_out", "cross_attn_q", "ffn_up", "ffn_down")
 TEXT_INPUT = "cross_attn_kv"
 SINGLES = ("C", "S", "R")
-CLAIM_COLUMNS = ("none", *SINGLES, "C+S+R", "C+R", "S+R")
+CLAIM_COLUMNS = ("none", *SINGLES, "C+S+R", "C+R", "S+R")  # in the order they run
 VERDICT = {1: "holds", -1: "does not hold", 0: "undecided (interval holds 0)"}
 
 
@@ -312,6 +336,7 @@ def write_report(results: dict, out: Path) -> None:
     study, config = results["study"], results["config"]
     columns = [c["name"] for c in study["columns"]]
     n = len(results["captions"]["evaluation"]["ids"])
+    timing = study["timing"]
     lines = ["# Sensitivity: one activation quantizer at a time", "",
              "The paper's section 4.1 (Figures 2 and 4) on this model: in each cell only one role's "
              "activation quantizers are on, in every block (weights in full precision), everything "
@@ -324,9 +349,14 @@ def write_report(results: dict, out: Path) -> None:
              "centering; S: SmoothQuant scales, alpha 0.5 (on centred activations when with C); R: "
              "full Hadamard rotation; ±: with random signs. In brackets the baseline that is the "
              "same point.", "",
-             "Regenerate (about "
-             f"{(study.get('cells_wall_s', 0) + results['reference']['timings']['generate_s']) / 60:.0f} "
-             f"minutes on this run's machine, {results['environment']['torch_threads']} threads):", "",
+             *([f"**Partial: {study['cells']['finished']} of {study['cells']['planned']} cells "
+                "finished**; the command below, without `--fresh`, resumes the rest.", ""]
+               if study["cells"]["finished"] < study["cells"]["planned"] else []),
+             f"Time ({results['environment']['torch_threads']} threads, a 2-core machine shared with "
+             f"other work, so under load): {timing['per_cell_s']:.0f} s per cell on average "
+             f"({n} captions x {config['steps']} steps), reference {timing['reference_s']:.0f} s, "
+             f"calibration {timing['calibration_s']:.0f} s; all {study['cells']['planned']} cells about "
+             f"{timing['study_min']:.0f} minutes. Regenerate:", "",
              "```bash", STUDY_COMMAND, "```", ""]
     for precision, tables in study["tables"].items():
         role_rows = study["rows"]
@@ -393,9 +423,13 @@ def _claims_markdown(claims: dict) -> list[str]:
     return lines
 
 
-def study(config_path: str | None, flags: dict, block_view: str | None = None, fresh: bool = False) -> int:
-    """``hadabench sensitivity``: the run's flags, with the study's defaults under them."""
+def study(config_path: str | None, flags: dict, block_view: str | None = None, fresh: bool = False,
+          report: bool = False) -> int:
+    """``hadabench sensitivity``: the run's flags, with the study's defaults under them.
+    ``report``: only write the report of the cells finished so far (a study still running)."""
     config = load_config(config_path, flags, defaults=STUDY_DEFAULTS)
+    if report and fresh:
+        raise ValueError("--report writes the report of a study's finished cells: not with --fresh")
     run = SensitivityStudy(config, block_view=block_view, fresh=fresh)
     run.prepare()
-    return run.execute()
+    return run.report() if report else run.execute()

@@ -153,6 +153,9 @@ def test_study_cells_tables_and_report(studied):
     assert "sensitivity_a4.png" in readme and "| self_attn_qkv |" in readme
     assert (studied / "study" / "sensitivity_a4.png").stat().st_size > 1000
     assert (studied / "study" / "blocks_a4.png").is_file()
+    from benchmark.leaderboard import render
+    board = render([studied / "study" / "results.json"], studied / "board.md")
+    assert "Study: [sensitivity, embedded](study/README.md)" in board and "## embedded" not in board
     # only the all-roles cells (a plain run's cells) keep their images
     assert sorted(p.name for p in (studied / "study" / "images" / "a4").iterdir()) == ["affine", "hadanorm"]
 
