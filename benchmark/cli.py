@@ -41,6 +41,8 @@ def cmd_ls(args) -> int:
     print(tabulate(MODELS.items(), headers=["model", "description"], tablefmt="github"))
     print("\nMetrics (--metrics):\n")
     print(tabulate(METRICS.items(), headers=["metric", "description"], tablefmt="github"))
+    from .models import ROLES
+    print(f"\nRoles (--roles): {', '.join(ROLES)}; blocks (--blocks): e.g. 0-3 or 0,2")
     print("\nPrecisions: fp, w<b>a<b>, a<b> (activations only), w<b> (weights only), 2 to 8 bits "
           "each (e.g. w4a4, w6a6, w4a8, a4, w4)")
     return 0
