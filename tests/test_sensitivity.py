@@ -190,6 +190,6 @@ def test_role_list_with_every_role_is_the_default_run(tmp_path):
 def test_bootstrap_intervals():
     values = [1.0, 2.0, 4.0, 8.0, 3.0]
     ci = mean_ci(values)
-    assert ci["low"] < ci["mean"] == pytest.approx(3.6) < ci["high"] and ci == mean_ci(values)
+    assert ci["low"] < ci["mean"] < ci["high"] and ci["mean"] == pytest.approx(3.6) and ci == mean_ci(values)
     assert paired_ci([2, 3, 4], [1, 2, 3]) == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 3}
     assert mean_ci([1.0, float("inf")])["low"] is None
