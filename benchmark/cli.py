@@ -50,7 +50,10 @@ def cmd_ls(args) -> int:
     print(tabulate(MODELS.items(), headers=["model", "description"], tablefmt="github"))
     print("\nMetrics (--metrics):\n")
     print(tabulate(METRICS.items(), headers=["metric", "description"], tablefmt="github"))
-    print("\nPrecisions: fp, w<b>a<b> with 2 to 8 bits each (e.g. w4a4, w6a6, w8a8, w4a8)")
+    from .models import ROLES
+    print(f"\nRoles (--roles): {', '.join(ROLES)}; blocks (--blocks): e.g. 0-3 or 0,2")
+    print("\nPrecisions: fp, w<b>a<b>, a<b> (activations only), w<b> (weights only), 2 to 8 bits "
+          "each (e.g. w4a4, w6a6, w4a8, a4, w4)")
     return 0
 
 
@@ -110,27 +113,45 @@ def cmd_microbench(args) -> int:
     return 0
 
 
+def _run_flags(args) -> dict:
+    return {"model": args.model, "precisions": args.precisions, "transforms": args.transforms,
+            "plugins": args.plugin or None, "captions": args.captions,
+            "coco_annotations": args.coco_annotations, "caption_file": args.caption_file,
+            "calib_size": args.calib_size, "eval_size": args.eval_size, "steps": args.steps,
+            "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
+            "guidance_scale": args.guidance_scale, "metrics": args.metrics,
+            "kernel": args.kernel, "numerics": args.numerics, "grid": args.grid,
+            "cache_dir": args.cache_dir, "download_weights": args.download_weights or None,
+            "allow_inexact": args.allow_inexact or None, "roles": args.roles, "blocks": args.blocks}
+
+
+def _pin(config, args) -> None:
+    """Pinned numerics need their environment before torch loads: restart the real command with
+    it (a call in-process, args.argv None, cannot restart; the run refuses then)."""
+    if config.numerics == "pinned" and args.argv is not None:
+        from .numerics import restart_pinned
+
+        restart_pinned(args.argv)  # returns only when the environment is pinned already
+
+
 def cmd_run(args) -> int:
     from .config import load_config
     from .runner import Run
 
-    flags = {"model": args.model, "precisions": args.precisions, "transforms": args.transforms,
-             "plugins": args.plugin or None, "captions": args.captions,
-             "coco_annotations": args.coco_annotations, "caption_file": args.caption_file,
-             "calib_size": args.calib_size, "eval_size": args.eval_size, "steps": args.steps,
-             "seed": args.seed, "device": args.device, "out": args.out, "dtype": args.dtype,
-             "guidance_scale": args.guidance_scale, "metrics": args.metrics,
-             "kernel": args.kernel, "numerics": args.numerics, "grid": args.grid,
-             "cache_dir": args.cache_dir, "download_weights": args.download_weights or None,
-             "allow_inexact": args.allow_inexact or None}
-    config = load_config(args.config, flags)
-    if config.numerics == "pinned" and args.argv is not None:  # the real command, not a call in-process
-        from .numerics import restart_pinned
-
-        restart_pinned(args.argv)  # returns only when the environment is pinned already
+    config = load_config(args.config, _run_flags(args))
+    _pin(config, args)
     run = Run(config, fresh=args.fresh)
     run.prepare()
     return run.execute()
+
+
+def cmd_sensitivity(args) -> int:
+    from .config import load_config
+    from .sensitivity import STUDY_DEFAULTS, study
+
+    _pin(load_config(args.config, _run_flags(args), defaults=STUDY_DEFAULTS), args)
+    return study(args.config, _run_flags(args), block_view=args.block_view, fresh=args.fresh,
+                 report=args.report)
 
 
 def cmd_leaderboard(args) -> int:
@@ -219,7 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="the run folder (default results); a rerun into it resumes")
     run.add_argument("--fresh", action="store_true",
                      help="start over in --out instead of resuming (its old results are replaced)")
+    run.add_argument("--roles", help="quantize only these roles, comma-separated (default all; "
+                                    "'hadabench ls' lists them)")
+    run.add_argument("--blocks", help="quantize only these transformer blocks: indices and ranges, e.g. 0-3 or 0,2")
     run.set_defaults(func=cmd_run)
+
+    # The same flags as run (a copy of its arguments), other defaults: benchmark/sensitivity.py
+    study = sub.add_parser("sensitivity", parents=[run], conflict_handler="resolve",
+                           help="one quantizer at a time: roles x transforms, and blocks x roles")
+    study.add_argument("--block-view", metavar="TRANSFORM",
+                       help="the transform (label) of the blocks x roles view (default: the first)")
+    study.add_argument("--report", action="store_true",
+                       help="only write the tables and heatmaps of the cells finished so far")
+    study.set_defaults(func=cmd_sensitivity)
 
     board = sub.add_parser("leaderboard", help="write markdown tables from result files")
     board.add_argument("results", nargs="+",

@@ -29,6 +29,8 @@ DEFAULT_TRANSFORMS = "none,smoothquant,quarot,sdcb,dyncenter,hadanorm"
 # transforms: each cell records its own (spec, and its code: a plugin file's sha256), so a
 # run folder can take more transforms later (one new leaderboard row, the others kept).
 NOT_HASHED = ("out", "cache_dir", "kernel", "download_weights", "transforms", "plugins")
+# Fields added later: left out of the hash at their default, so older hashes stay valid.
+HASHED_UNLESS_NONE = ("roles", "blocks")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class RunConfig:
     allow_inexact: bool = False  # run (marked) transforms that are not exact at full precision
     out: str = "results"
     cache_dir: str | None = None
+    roles: list[str] | None = None   # quantize only these roles (benchmark/subset.py); None: all
+    blocks: list[int] | None = None  # and only these blocks; None: all
 
     def validate(self) -> "RunConfig":
         check_types(self)
@@ -142,7 +146,10 @@ class RunConfig:
                 raise ValueError(f"{name} is empty")
         if not self.precisions:
             raise ValueError("no precisions given")
+        from .subset import parse_blocks, parse_roles
+
         self.precisions = [Precision.parse(p).name for p in self.precisions]
+        self.roles, self.blocks = parse_roles(self.roles), parse_blocks(self.blocks)
         if len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"a precision is listed twice: {self.precisions}")
         if self.captions not in ("embedded", "coco", "file"):
@@ -178,7 +185,8 @@ class RunConfig:
 
     def hash(self) -> str:
         """Identifies what the numbers mean: two runs compare only when this agrees."""
-        data = {k: v for k, v in self.to_json().items() if k not in NOT_HASHED}
+        data = {k: v for k, v in self.to_json().items()
+                if k not in NOT_HASHED and not (k in HASHED_UNLESS_NONE and v is None)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -222,9 +230,11 @@ def check_types(config: RunConfig) -> None:
             raise ValueError(f"{name} must be {_type_name(hint)}, got {value!r}")
 
 
-def load_config(path: str | None = None, overrides: dict | None = None) -> RunConfig:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (flags that were given)."""
-    values: dict = {}
+def load_config(path: str | None = None, overrides: dict | None = None,
+                defaults: dict | None = None) -> RunConfig:
+    """Defaults (``defaults`` over RunConfig's own), then the TOML file at ``path``, then
+    ``overrides`` (flags that were given)."""
+    values: dict = dict(defaults or {})
     if path is not None:
         try:
             with open(path, "rb") as handle:

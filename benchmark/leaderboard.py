@@ -159,7 +159,11 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
     for model in dict.fromkeys(r["config"]["model"] for _, r in runs):
         lines += [f"## {md.text(model)}", ""]
         for name, results in (run for run in runs if run[1]["config"]["model"] == model):
-            lines += _run_sections(name, results, link_base)
+            if "study" in results:  # a study (hadabench sensitivity) writes its own page: link it
+                label = f"{results['study'].get('kind')} study, run {name}"
+                lines += [md.link(label, "README.md", results["_dir"], link_base), ""]
+            else:
+                lines += _run_sections(name, results, link_base)
     return "\n".join(lines)
 
 

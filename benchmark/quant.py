@@ -34,7 +34,8 @@ __all__ = ["GRIDS", "Precision", "fake_quantize", "quantize_activation", "quanti
 MIN_BITS, MAX_BITS = 2, 8
 GRIDS = ("zero_point", "min_anchored")
 DEFAULT_GRID = "zero_point"
-_PRECISION = re.compile(r"w(\d+)a(\d+)")
+# "w4a4"; "a4": activations only (weights in full precision); "w4": weights only.
+_PRECISION = re.compile(r"(?:w(\d+))?(?:a(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -55,28 +56,31 @@ class Precision:
 
     @classmethod
     def parse(cls, name: "str | Precision") -> "Precision":
-        """``"fp"`` or ``"w<b>a<b>"`` with 2 to 8 bits each, e.g. ``"w4a4"``, ``"w6a6"``."""
+        """``"fp"``, ``"w<b>a<b>"``, ``"a<b>"`` (activations only) or ``"w<b>"`` (weights only),
+        with 2 to 8 bits each, e.g. ``"w4a4"``, ``"a4"``, ``"w4"``."""
         if isinstance(name, Precision):
             return name
         text = str(name).strip().lower()
         if text == "fp":
             return cls(None, None)
         match = _PRECISION.fullmatch(text)
-        if match:
-            w, a = int(match[1]), int(match[2])
-            if MIN_BITS <= w <= MAX_BITS and MIN_BITS <= a <= MAX_BITS:
+        if match and (match[1] or match[2]):
+            w, a = (None if bits is None else int(bits) for bits in match.groups())
+            if all(b is None or MIN_BITS <= b <= MAX_BITS for b in (w, a)):
                 return cls(w, a)
         raise ValueError(
-            f"unknown precision {name!r}: use 'fp' or 'w<bits>a<bits>' with {MIN_BITS} to "
-            f"{MAX_BITS} bits each (e.g. 'w4a4', 'w6a6')"
+            f"unknown precision {name!r}: use 'fp', 'w<bits>a<bits>', 'a<bits>' (activations "
+            f"only) or 'w<bits>' (weights only), {MIN_BITS} to {MAX_BITS} bits each (e.g. "
+            "'w4a4', 'a4', 'w4')"
         )
 
     @property
     def name(self) -> str:
         if self.weight_bits is None and self.activation_bits is None:
             return "fp"
-        name = f"w{self.weight_bits or 'fp'}a{self.activation_bits or 'fp'}"
-        if self.weight_block != 128 or self.weight_symmetric:
+        name = "".join(f"{side}{bits}" for side, bits in (("w", self.weight_bits), ("a", self.activation_bits))
+                       if bits is not None)
+        if self.weight_bits is not None and (self.weight_block != 128 or self.weight_symmetric):
             name += f"-g{self.weight_block}" + ("-sym" if self.weight_symmetric else "")
         if self.grid != DEFAULT_GRID:
             name += "-" + self.grid.replace("_", "")

@@ -67,6 +67,8 @@ def transforms() -> dict[str, TransformEntry]:
             except Exception as error:  # one broken plugin must not hide the others
                 _entries[ep.name] = TransformEntry(ep.name, None, source,
                                                    f"{type(error).__name__}: {error}", code)
+        from .transform import affine  # the whole design space, built into the harness itself
+        _entries.setdefault("affine", TransformEntry("affine", affine, "built-in"))
         missing = [name for name in BASELINES if name not in _entries]
         if missing:
             raise RuntimeError(f"built-in transforms {missing} are not registered: install the "

@@ -38,6 +38,7 @@ from .metrics.registry import METRIC_SPECS
 from .quant import Precision
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_atomic, write_json
 from .runfolder import FolderLock, check_folder
+from .subset import Subset
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
 
@@ -151,9 +152,9 @@ class Run:
         self.device = resolve_device(self.config.device)
         numerics.require(self.config.numerics, self.device)
         resolve_kernel(self.config.kernel, self.device)  # triton where it cannot run: refuse now
-        self.hash = self.config.hash()
         self.sources = {spec.label: transforms()[spec.name] for spec in self.config.transforms}
         self.exactness: dict[str, tuple] = {}  # per transform label, shared by its precisions
+        self.hash = self._config_hash()
         self.results = None
         check_folder(self.out, "--out")
         check_folder(self.config.cache_dir or DEFAULT_CACHE, "--cache-dir")
@@ -187,6 +188,11 @@ class Run:
                     raise ValueError(f"{self.out} holds results of other {what} than this run's "
                                      "(same configuration): use --fresh or another --out")
         log(f"model: {config.model} ({config.dtype}, {self.device}), loaded in {time.perf_counter() - tick:.1f} s")
+        self.subset = Subset.of(config.roles, config.blocks)
+        self.subset.check(self.model.targets())  # roles and blocks of this model: refuse now
+
+    def _config_hash(self) -> str:
+        return self.config.hash()
 
     # -- the run: from here on, results are written --
     def execute(self) -> int:
@@ -244,13 +250,16 @@ class Run:
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self._save()
 
-        for precision in config.precisions:
-            for spec in config.transforms:
-                self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats)
-            self._grid(precision, reference)
+        self._cells(model, scorers, evaluation, seeds, reference, stats)
         self._save()
         self._report_times()
         return 1 if self.failed else 0
+
+    def _cells(self, model, scorers, evaluation, seeds, reference, stats) -> None:
+        for precision in self.config.precisions:
+            for spec in self.config.transforms:
+                self._cell(model, scorers, precision, spec, evaluation, seeds, reference, stats)
+            self._grid(precision, reference)
 
     def _report_times(self) -> None:
         """Where the time went (of the work recorded in the results, resumed cells included)."""
@@ -307,8 +316,10 @@ class Run:
         save_images(generation.images, self.out / "images" / "fp")
         return generation
 
-    def _cell(self, model, scorers, precision, spec, captions, seeds, reference, stats) -> None:
-        key = cell_key(precision, spec.label)
+    def _cell(self, model, scorers, precision, spec, captions, seeds, reference, stats,
+              subset: Subset | None = None) -> None:
+        """One cell; ``subset`` (a study's cell: keyed by it, no images) instead of the run's."""
+        key = cell_key(precision, spec.label) + (f" [{subset.label}]" if subset else "")
         done = self.results["cells"].get(key)
         source = self.sources[spec.label]
         if done is not None and done.get("code") == source.code:
@@ -319,7 +330,8 @@ class Run:
             log(f"{key}: its code changed ({done.get('code')} -> {source.code}), computed again")
         cell = {"precision": precision, "transform": spec.name, "label": spec.label,
                 "params": dict(spec.params), "source": source.source, "code": source.code,
-                "status": OK, "reason": None, "metrics": {}, "per_sample": {}, "groups": {}, "timings": {}}
+                "status": OK, "reason": None, "metrics": {}, "per_sample": {}, "groups": {}, "timings": {},
+                "subset": (subset or self.subset).to_json()}
         tick = time.perf_counter()
         try:
             errors, seconds = self._exact(model, spec, stats)
@@ -330,6 +342,7 @@ class Run:
             tick = time.perf_counter()
             quantized = dataclasses.replace(Precision.parse(precision), grid=self.config.grid)
             with model.quantized(spec.name, quantized, stats, kernel=self.config.kernel,
+                                 only=(subset or self.subset).only(model.targets()),
                                  **dict(spec.params)) as groups:
                 cell["groups"] = {name: {**described, "exact_error": errors.get(name)}
                                   for name, described in groups.items()}
@@ -345,7 +358,8 @@ class Run:
             tick = time.perf_counter()
             cell["metrics"], cell["per_sample"] = scorers.cell(reference, generation, captions)
             cell["timings"]["metrics_s"] = time.perf_counter() - tick
-            save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
+            if subset is None:
+                save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
         except Exception as error:  # the transform is under test: fail its cell, go on
             cell["status"], cell["reason"] = FAILED, f"{type(error).__name__}: {error}"
             self.failed += 1

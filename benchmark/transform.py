@@ -319,3 +319,18 @@ class AffineTransform(Transform):
         best = min(errors, key=errors.get)
         return self._build(linears, precision, smoothquant_scale(absmax, weight, best), rotation,
                            {"alpha": best, "alpha_search": "auto", "alpha_mse": errors[best]})
+
+
+def affine(center: bool = False, alpha: float | str | None = None, rotation: str | None = None,
+           random_signs: bool = False, block_size: int = 128, seed: int = 0,
+           correction: str = "quantized_token") -> AffineTransform:
+    """Any point of the design space, e.g. affine(center=true, rotation=full): the lattice.
+
+    center: dynamic mean; alpha: None (s = 1), a number in [0, 1] or "auto";
+    rotation: None, "full" or "block"; random_signs: R = H D (needs a rotation).
+    """
+    if random_signs and rotation is None:
+        raise ValueError("affine: random_signs=true needs a rotation (rotation=full or block)")
+    return AffineTransform(name="affine", center=bool(center), alpha=alpha, rotation=rotation,
+                           block_size=block_size, random_signs=bool(random_signs), seed=seed,
+                           correction=correction)

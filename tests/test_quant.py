@@ -5,11 +5,17 @@ from benchmark.quant import GRIDS, Precision, quantize_activation, quantize_weig
 
 
 @pytest.mark.parametrize("name, w, a", [("w4a4", 4, 4), ("w6a6", 6, 6), ("W8A8", 8, 8),
-                                        ("w4a8", 4, 8), ("w2a3", 2, 3)])
+                                        ("w4a8", 4, 8), ("w2a3", 2, 3), ("a4", None, 4),
+                                        ("a6", None, 6), ("w4", 4, None)])
 def test_precision_parse(name, w, a):
     p = Precision.parse(name)
     assert (p.weight_bits, p.activation_bits) == (w, a)
     assert Precision.parse(p.name) == p
+
+
+def test_precision_one_side_names():
+    assert Precision.parse("a4").name == "a4" and Precision.parse("w4").name == "w4"
+    assert Precision(None, 4, weight_block=64).name == "a4"  # no weight grid to name
 
 
 def test_precision_fp():
@@ -17,7 +23,8 @@ def test_precision_fp():
     assert p.weight_bits is None and p.activation_bits is None and p.name == "fp"
 
 
-@pytest.mark.parametrize("bad", ["w4", "w1a4", "w4a9", "w16a16", "int4", "", "w4a4x"])
+@pytest.mark.parametrize("bad", ["a0", "w0", "a1", "w1a4", "w4a9", "w16a16", "int4", "", "w4a4x",
+                                 "a4w4", "wa4", "a"])
 def test_precision_rejects(bad):
     with pytest.raises(ValueError, match="unknown precision"):
         Precision.parse(bad)
