@@ -35,6 +35,7 @@ import numpy as np
 from .config import TransformSpec, load_config
 from .results import OK, cell_key, metric_value, write_atomic
 from .runner import Run, log
+from .stats import BOOTSTRAP, mean_interval
 from .subset import Subset
 
 __all__ = ["LATTICE", "BOOTSTRAP", "SensitivityStudy", "mean_ci", "paired_ci", "point_name", "study"]
@@ -60,29 +61,24 @@ STUDY_DEFAULTS = {"precisions": ["a4"], "transforms": LATTICE, "metrics": ["sqnr
                   "out": "results/sensitivity"}
 ALL = "all"  # the row with every role quantized at once
 
-# -- intervals: a percentile bootstrap over captions (to be replaced by benchmark/stats.py) --
-BOOTSTRAP = {"method": "percentile bootstrap of the mean over captions", "resamples": 2000,
-             "level": 0.95, "seed": 0}
+# -- intervals: the project's seeded bootstrap over captions (benchmark/stats.py) --------
+def mean_ci(values) -> dict:
+    """{"mean", "low", "high", "n"}: the mean and its percentile bootstrap interval (no
+    interval, low and high None, when a value is not finite)."""
+    values = [float(v) for v in values]
+    try:
+        interval = mean_interval(values)
+    except ValueError:
+        mean = sum(values) / len(values) if values else None
+        return {"mean": mean, "low": None, "high": None, "n": len(values)}
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.samples}
 
 
-def mean_ci(values, seed: int = BOOTSTRAP["seed"], resamples: int = BOOTSTRAP["resamples"],
-            level: float = BOOTSTRAP["level"]) -> dict:
-    """{"mean", "low", "high", "n"}: the mean and its percentile bootstrap interval."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or not np.isfinite(v).all():
-        return {"mean": float(v.mean()) if v.size else None, "low": None, "high": None, "n": int(v.size)}
-    draws = np.random.default_rng(seed).integers(0, v.size, size=(resamples, v.size))
-    means = v[draws].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": float(v.mean()), "low": float(low), "high": float(high), "n": int(v.size)}
-
-
-def paired_ci(a, b, **options) -> dict:
-    """The mean of ``a - b`` over the same captions, with its bootstrap interval."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values differ in length: {a.shape} and {b.shape}")
-    return mean_ci(a - b, **options)
+def paired_ci(a, b) -> dict:
+    """The mean of ``a - b`` over the same captions, with its paired bootstrap interval."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values differ in length: {len(a)} and {len(b)}")
+    return mean_ci([x - y for x, y in zip(a, b)])
 
 
 def _sign(ci: dict) -> int:
