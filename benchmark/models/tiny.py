@@ -132,7 +132,7 @@ TINY = {
     "sana": ("SanaTransformer2DModel", dict(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
         num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32,
-        caption_channels=32, sample_size=8, patch_size=1)),
+        caption_channels=32, sample_size=16, patch_size=1)),  # Sana wants sizes divisible by 32
 }
 VARIANTS = ("pixart-sigma", "pixart-alpha", "sd3", "flux", "sana")
 
