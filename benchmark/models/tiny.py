@@ -137,12 +137,14 @@ TINY = {
 VARIANTS = ("pixart-sigma", "pixart-alpha", "sd3", "flux", "sana")
 
 
-def tiny_transformer(family: str, seed: int = 0):
-    """The tiny random transformer of ``family`` (a key of ``TINY``)."""
+def tiny_transformer(family: str, seed: int | None = 0):
+    """The tiny random transformer of ``family`` (a key of ``TINY``); ``seed=None`` draws from
+    the current random state (a pipeline draws all its components from one seeded stream)."""
     import diffusers
 
     cls, kwargs = TINY[family]
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     return getattr(diffusers, cls)(**kwargs).eval().requires_grad_(False)
 
 
@@ -158,13 +160,13 @@ def save_tiny(variant: str, folder: str | Path, seed: int = 0) -> Path:
         tokenizer, text_encoder = _t5(folder / "tokenizer", 32)
         cls = diffusers.PixArtSigmaPipeline if variant == "pixart-sigma" else diffusers.PixArtAlphaPipeline
         pipe = cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae_kl(4, flow=False),
-                   transformer=tiny_transformer("pixart", seed),
+                   transformer=tiny_transformer("pixart", None),
                    scheduler=diffusers.DPMSolverMultistepScheduler())
     elif variant == "sd3":
         (tok1, enc1), (tok2, enc2) = _clip(True), _clip(True)
         tok3, enc3 = _t5(folder / "tokenizer_3", 64)
         pipe = diffusers.StableDiffusion3Pipeline(
-            transformer=tiny_transformer("sd3", seed), scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+            transformer=tiny_transformer("sd3", None), scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
             vae=_vae_kl(4, flow=True), text_encoder=enc1, tokenizer=tok1, text_encoder_2=enc2,
             tokenizer_2=tok2, text_encoder_3=enc3, tokenizer_3=tok3)
     elif variant == "flux":
@@ -173,7 +175,7 @@ def save_tiny(variant: str, folder: str | Path, seed: int = 0) -> Path:
         pipe = diffusers.FluxPipeline(
             scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
             vae=_vae_kl(4, flow=True), text_encoder=enc1, tokenizer=tok1, text_encoder_2=enc2,
-            tokenizer_2=tok2, transformer=tiny_transformer("flux", seed))
+            tokenizer_2=tok2, transformer=tiny_transformer("flux", None))
     else:
         from diffusers import AutoencoderDC
 
@@ -190,7 +192,7 @@ def save_tiny(variant: str, folder: str | Path, seed: int = 0) -> Path:
         scheduler = diffusers.DPMSolverMultistepScheduler(prediction_type="flow_prediction",
                                                           use_flow_sigmas=True, flow_shift=3.0)
         pipe = diffusers.SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                                      transformer=tiny_transformer("sana", seed), scheduler=scheduler)
+                                      transformer=tiny_transformer("sana", None), scheduler=scheduler)
     pipe.save_pretrained(folder)
     # save_pretrained adds tokenizer.json to the T5 folders; the hub checkpoints have none, so
     # loading converts spiece.model (the path real users take).
