@@ -106,9 +106,10 @@ FAMILIES = {
     ),
     "sana": Family(
         name="sana",
-        description="Sana: linear (ReLU-kernel) self-attention, cross-attention to the text; "
-                    "its GLUMBConv feed-forward (1x1 and depthwise 3x3 convolutions) is not "
-                    "quantized: the transforms act on nn.Linear inputs only",
+        description="Sana: linear (ReLU-kernel) self-attention, cross-attention to the text, "
+                    "GLUMBConv feed-forward: its 1x1 convolutions are quantized as linears over "
+                    "the channels of each pixel; its depthwise 3x3 convolution mixes no channels "
+                    "and stays in full precision",
         transformer=("SanaTransformer2DModel",),
         blocks={"transformer_blocks": {
             "self_attn_qkv": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
@@ -116,6 +117,10 @@ FAMILIES = {
             "cross_attn_q": ("attn2.to_q",),
             "cross_attn_kv": ("attn2.to_k", "attn2.to_v"),
             "cross_attn_out": ("attn2.to_out.0",),
+            # 1x1 conv to value and gate (2 x 2.5 C channels), then the depthwise 3x3, then
+            # the 1x1 conv back to C from the gated activation
+            "ffn_up": ("ff.conv_inverted",),
+            "ffn_down": ("ff.conv_point",),
         }},
         pipelines=("SanaPipeline",),
         pipeline_kwargs={"use_resolution_binning": False, "clean_caption": False},

@@ -137,6 +137,6 @@ def calibrate(module: nn.Module, run_fn: Callable[[], object], filter_fn: Filter
         raise RuntimeError("calibrate the full-precision module: restore() it first")
     groups = _targets(module, targets, family, filter_fn)
     collector = StatsCollector(groups, max_sample_tokens, tokens_per_row, seed)
-    with watch_inputs(groups, collector.record):
+    with watch_inputs(module, groups, collector.record):
         run_fn()
     return collector.result()

@@ -3,7 +3,9 @@
 A **model family** is a declaration, like diffusers' ``_no_split_modules``: which module lists
 hold the transformer blocks, and for each *role* the linears of a block that read one input
 (so one transform of that input serves them all), plus the linears of a block that are left
-in full precision on purpose, each with its reason. ``discover_targets`` reads a module with
+in full precision on purpose, each with its reason. A target may also be a 1x1 convolution
+(Sana's feed-forward): a linear over the channels of each pixel, quantized through a view of
+its weight, with the pixels of its (N, C, H, W) input as the tokens. ``discover_targets`` reads a module with
 a family and returns its ``TargetGroup``s; it refuses a block holding a linear that neither a
 role nor an exclusion names, so a model whose blocks differ from the declaration is never
 quantized partially. Without a family, every ``nn.Linear`` is a group of its own.
@@ -25,8 +27,8 @@ from torch import nn
 
 from .transform import QuantizedGroup
 
-__all__ = ["Family", "QuantizedMember", "TargetGroup", "discover_targets", "install",
-           "is_quantized", "uninstall", "watch_inputs"]
+__all__ = ["ChannelsFirst", "Family", "QuantizedMember", "TargetGroup", "discover_targets", "install",
+           "is_pointwise_conv", "is_quantized", "uninstall", "watch_inputs"]
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,36 @@ class TargetGroup:
     role: str
     block_index: int
     linears: list[tuple[str, nn.Linear]]
+    # True when the targets are 1x1 convolutions reading (N, C, H, W): ``linears`` then holds
+    # linear views of their weights, and the group sees its input as (N, H*W, C) tokens.
+    channels_first: bool = False
 
     @property
     def in_features(self) -> int:
         return self.linears[0][1].in_features
 
 
+def is_pointwise_conv(module: nn.Module) -> bool:
+    """A 1x1 convolution without groups: a linear over the channels of every pixel."""
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+            and module.stride == (1, 1) and module.padding in ((0, 0), "valid"))
+
+
+def _linear_view(conv: nn.Conv2d) -> nn.Linear:
+    """An ``nn.Linear`` sharing a pointwise convolution's weight and bias (views, no copy)."""
+    view = nn.Linear(conv.in_channels, conv.out_channels, bias=False, device="meta")
+    view.weight = nn.Parameter(conv.weight.detach().flatten(1), requires_grad=False)
+    view.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
+    return view
+
+
 def _linear(root: nn.Module, qualified: str) -> nn.Linear:
     module = root.get_submodule(qualified)
+    if is_pointwise_conv(module):
+        return _linear_view(module)
     if not isinstance(module, nn.Linear):
-        raise ValueError(f"{qualified} is a {type(module).__name__}, not an nn.Linear "
-                         "(already quantized? restore() first)")
+        raise ValueError(f"{qualified} is a {type(module).__name__}, not an nn.Linear or a 1x1 "
+                         "convolution (already quantized? restore() first)")
     return module
 
 
@@ -152,10 +173,13 @@ def _declared(module: nn.Module, family: Family) -> list[TargetGroup]:
                 if missing:
                     raise ValueError(f"{prefix} has no {', '.join(missing)}: not a {family.name} block")
                 linears = [(f"{prefix}.{p}", _linear(module, f"{prefix}.{p}")) for p in paths]
-                groups.append(TargetGroup(f"{prefix}.{role}", role, index, linears))
+                convs = [is_pointwise_conv(block.get_submodule(p)) for p in paths]
+                if len(set(convs)) > 1:
+                    raise ValueError(f"{prefix}.{role} mixes linears and convolutions: they cannot share an input")
+                groups.append(TargetGroup(f"{prefix}.{role}", role, index, linears, channels_first=convs[0]))
                 found.update(paths)
             extra = [name for name, m in block.named_modules()
-                     if isinstance(m, (nn.Linear, QuantizedMember)) and name not in found
+                     if (isinstance(m, (nn.Linear, QuantizedMember)) or is_pointwise_conv(m)) and name not in found
                      and not any(fnmatch.fnmatchcase(name, pattern) for pattern in family.exclude)]
             if extra:
                 raise ValueError(f"{prefix} has linears that no role of {family.name} covers "
@@ -219,6 +243,10 @@ class QuantizedMember(nn.Module):
         return f"output {self.index} of {type(self.group).__name__}"
 
 
+def _module_of(root: nn.Module, group: TargetGroup) -> nn.Module:
+    return root.get_submodule(group.linears[0][0]) if group.channels_first else group.linears[0][1]
+
+
 def is_quantized(module: nn.Module) -> bool:
     return any(isinstance(m, QuantizedMember) for m in module.modules())
 
@@ -239,11 +267,32 @@ def install(root: nn.Module, groups: Iterable[TargetGroup],
     originals = {}
     for name, module in modules.items():
         group = by_name[name]
+        if group.channels_first:
+            module = ChannelsFirst(module)
         shared = _SharedCall(module, len(group.linears))
         for index, (qualified, linear) in enumerate(group.linears):
+            originals[qualified] = root.get_submodule(qualified)  # the convolution, for a view
             _set(root, qualified, QuantizedMember(module, shared, index, linear))
-            originals[qualified] = linear
     return originals
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H*W, C): every pixel a token."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class ChannelsFirst(QuantizedGroup):
+    """Runs a group of pointwise convolutions' quantized module on (N, C, H, W) inputs."""
+
+    def __init__(self, group: QuantizedGroup):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor):
+        return tuple(y.transpose(1, 2).unflatten(2, x.shape[2:]) for y in self.group(_tokens(x)))
+
+    def describe(self) -> dict:
+        return self.group.describe()
 
 
 def uninstall(root: nn.Module, originals: dict[str, nn.Linear]) -> None:
@@ -252,12 +301,17 @@ def uninstall(root: nn.Module, originals: dict[str, nn.Linear]) -> None:
 
 
 @contextlib.contextmanager
-def watch_inputs(groups: Iterable[TargetGroup], record: Callable[[TargetGroup, torch.Tensor], None]):
-    """Inside the block, ``record(group, x)`` sees every input of every target group."""
-    # The group's first linear sees the input every member of the group reads.
-    handles = [group.linears[0][1].register_forward_pre_hook(
-               lambda _module, args, group=group: record(group, args[0].detach()))
-               for group in groups]
+def watch_inputs(root: nn.Module, groups: Iterable[TargetGroup],
+                 record: Callable[[TargetGroup, torch.Tensor], None]):
+    """Inside the block, ``record(group, x)`` sees every input of every target group of
+    ``root``, as (..., tokens, channels)."""
+    def hook(group):
+        if group.channels_first:  # hook the convolution itself; the group sees pixels as tokens
+            return lambda _module, args: record(group, _tokens(args[0].detach()))
+        return lambda _module, args: record(group, args[0].detach())
+
+    # The group's first member sees the input every member of the group reads.
+    handles = [_module_of(root, group).register_forward_pre_hook(hook(group)) for group in groups]
     try:
         yield
     finally:

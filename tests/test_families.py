@@ -22,7 +22,7 @@ from benchmark.cli import main
 from benchmark.models import load_model
 from benchmark.models.tiny import save_tiny
 from benchmark.registry import BASELINES, families, load_plugin_file
-from benchmark.targets import Family, discover_targets
+from benchmark.targets import Family, discover_targets, is_pointwise_conv
 
 PLUGINS = Path(__file__).parent / "plugins"
 CAPTIONS = ["a red cat sitting on the table", "two dogs in a field"]
@@ -161,7 +161,7 @@ def test_targets_cover_every_block_linear(tiny):
     covered = {name: g.role for g in groups for name, _ in g.linears}
     assert len(covered) == sum(len(g.linears) for g in groups)  # each linear in one group
     in_blocks = {name for name, m in model.transformer.named_modules()
-                 if isinstance(m, nn.Linear) and name.split(".")[0] in family.blocks}
+                 if (isinstance(m, nn.Linear) or is_pointwise_conv(m)) and name.split(".")[0] in family.blocks}
     excluded = in_blocks - set(covered)
     assert set(covered) <= in_blocks  # nothing outside the blocks
     for name in excluded:  # every linear left out is named by a documented exclusion
@@ -182,6 +182,9 @@ def test_every_transform_at_fp_leaves_latents_unchanged(tiny):
         error = ((out.latents - reference.latents).norm() / reference.latents.norm()).item()
         assert error < 1e-4, f"{name}: relative error {error:.2e} at fp"
     with model.quantized("hadanorm", "w4a4", stats):
+        # every target (Sana's 1x1 convolutions too) is swapped out
+        assert all(type(model.transformer.get_submodule(name)).__name__ == "QuantizedMember"
+                   for g in model.targets() for name, _ in g.linears)
         quantized = model.generate(CAPTIONS, SEEDS, steps=3)
     assert torch.isfinite(quantized.latents).all()
     assert not torch.equal(quantized.latents, reference.latents)

@@ -77,7 +77,7 @@ class ModelAdapter(abc.ABC):
 
     def watching_inputs(self, record: Callable[[TargetGroup, torch.Tensor], None]):
         """Inside the block, ``record(group, x)`` sees every input of every target group."""
-        return watch_inputs(self.targets(), record)
+        return watch_inputs(self.transformer, self.targets(), record)
 
     # -- generation ------------------------------------------------------------------
     @abc.abstractmethod
