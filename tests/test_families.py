@@ -202,3 +202,32 @@ def test_quantized_run_through_the_cli(tiny, tmp_path):
     assert cell["status"] == "ok" and results["model"]["family"] == FAMILY[variant]
     assert isinstance(cell["metrics"]["sqnr_db"]["value"], float)
     assert len(cell["groups"]) == len(load_model(str(folder)).targets())
+
+
+def test_quantize_the_pipelines_own_transformer(tiny):
+    # torchao style on the user's own pipeline: the family is found from the transformer's class
+    _, _, model = tiny
+    pipe, size = model.pipe, model.default_settings()["resolution"]
+
+    def run():
+        generators = [torch.Generator().manual_seed(s) for s in SEEDS]
+        return pipe(prompt=CAPTIONS, generator=generators, num_inference_steps=2, height=size, width=size,
+                    output_type="latent", **model.family.pipeline_kwargs).images
+
+    reference = run()
+    stats = calibrate(pipe.transformer, run)
+    assert set(stats) == {g.name for g in model.targets()}
+    with quantize_(pipe.transformer, HadaNormConfig(alpha=0.5), "fp", calibration=stats) as handle:
+        out = run()
+    assert len(handle.described) == len(stats) and not handle.active
+    assert ((out - reference).norm() / reference.norm()).item() < 1e-4
+    assert torch.equal(run(), reference)
+
+
+def test_a_pipeline_no_family_describes_is_refused():
+    from types import SimpleNamespace
+
+    from benchmark.models.pipeline import PipelineAdapter
+
+    with pytest.raises(ValueError, match="no registered family describes.*families: pixart"):
+        PipelineAdapter(SimpleNamespace(transformer=nn.Linear(2, 2)), "some/pipeline")
