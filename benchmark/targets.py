@@ -18,6 +18,7 @@ the originals back, without reloading anything.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -145,7 +146,7 @@ def discover_targets(module: nn.Module, family: Family | None = None,
     for group in groups:
         linears = [(name, lin) for name, lin in group.linears if filter_fn(lin, name)]
         if linears:
-            kept.append(TargetGroup(group.name, group.role, group.block_index, linears))
+            kept.append(dataclasses.replace(group, linears=linears))
     return kept
 
 

@@ -231,3 +231,24 @@ def test_a_pipeline_no_family_describes_is_refused():
 
     with pytest.raises(ValueError, match="no registered family describes.*families: pixart"):
         PipelineAdapter(SimpleNamespace(transformer=nn.Linear(2, 2)), "some/pipeline")
+
+
+def test_pointwise_convolutions_as_targets():
+    # Sana's 1x1 convolutions: pixels as tokens, exact at fp through the (N, C, H, W) layout
+    from benchmark.models.tiny import tiny_transformer
+
+    sana = tiny_transformer("sana")
+    groups = discover_targets(sana, filter_fn=lambda lin, name: name.endswith("conv_inverted"))
+    assert [g.name for g in groups] == ["transformer_blocks.0.ffn_up", "transformer_blocks.1.ffn_up"]
+    assert all(g.channels_first for g in groups)
+    ff = sana.transformer_blocks[0].ff
+    x = torch.randn(2, ff.conv_inverted.in_channels, 4, 4) + 2
+    with torch.no_grad():
+        reference = ff(x)
+    stats = calibrate(sana, lambda: ff(x), targets=groups[:1])
+    assert stats["transformer_blocks.0.ffn_up"].tokens == 2 * 16  # every pixel of every sample
+    with quantize_(sana, HadaNormConfig(), "fp", calibration=stats, targets=groups[:1]):
+        assert type(ff.conv_inverted).__name__ == "QuantizedMember"
+        with torch.no_grad():
+            assert ((ff(x) - reference).norm() / reference.norm()).item() < 1e-5
+    assert isinstance(ff.conv_inverted, nn.Conv2d)
