@@ -26,7 +26,7 @@ from .captions import load_captions
 from .results import Each, OptionalKey, read_json, sha256_file, write_atomic
 from .transform import CalibrationStats
 
-__all__ = ["CalibrationInfo", "calibrate", "caption_seeds", "collect_stats", "read_captions"]
+__all__ = ["CalibrationInfo", "StatsCollector", "calibrate", "caption_seeds", "collect_stats", "read_captions"]
 
 FORMAT = 1
 DEFAULT_CACHE = Path(".cache") / "calibration"
@@ -80,6 +80,35 @@ class _Reservoir:
         return torch.stack(self.rows)
 
 
+class StatsCollector:
+    """``record(group, x)`` for every input of every target group; ``result()`` the statistics.
+
+    Shared by ``collect_stats`` (a model's generation) and ``benchmark.calibrate`` (any run)."""
+
+    def __init__(self, groups, max_sample_tokens: int = 4096, tokens_per_row: int = 256, seed: int = 0):
+        self.stats: dict[str, CalibrationStats | None] = {g.name: None for g in groups}
+        self.reservoirs = {g.name: _Reservoir(max_sample_tokens, tokens_per_row,
+                                              torch.Generator().manual_seed(seed + i))
+                           for i, g in enumerate(groups)}
+
+    def record(self, group, x: torch.Tensor) -> None:
+        if x.dim() == 2:
+            x = x[None]
+        new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
+        new.sample = None  # the reservoir keeps the sample
+        old = self.stats[group.name]
+        self.stats[group.name] = new if old is None else old.merge(new)
+        self.reservoirs[group.name].add(x)
+
+    def result(self) -> dict[str, CalibrationStats]:
+        missing = [name for name, s in self.stats.items() if s is None]
+        if missing:
+            raise RuntimeError(f"calibration never reached {missing[:3]}: the run does not call them")
+        for name, s in self.stats.items():
+            s.sample = self.reservoirs[name].tensor()
+        return dict(self.stats)
+
+
 @torch.no_grad()
 def collect_stats(model, captions: Sequence[str], seeds: Sequence[int], steps: int = 20,
                   batch_size: int = 16, guidance_scale: float | None = None,
@@ -89,27 +118,10 @@ def collect_stats(model, captions: Sequence[str], seeds: Sequence[int], steps: i
     """Generate from the captions once, recording every target group's input at every step."""
     if model.is_quantized:
         raise RuntimeError("calibrate the full-precision model: restore() it first")
-    groups = model.targets()
-    stats: dict[str, CalibrationStats | None] = {g.name: None for g in groups}
-    reservoirs = {g.name: _Reservoir(max_sample_tokens, tokens_per_row,
-                                     torch.Generator().manual_seed(seed + i)) for i, g in enumerate(groups)}
-
-    def record(group, x):
-        if x.dim() == 2:
-            x = x[None]
-        new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
-        new.sample = None  # the reservoir keeps the sample
-        stats[group.name] = new if stats[group.name] is None else stats[group.name].merge(new)
-        reservoirs[group.name].add(x)
-
-    with model.watching_inputs(record):
+    collector = StatsCollector(model.targets(), max_sample_tokens, tokens_per_row, seed)
+    with model.watching_inputs(collector.record):
         model.generate(captions, seeds, steps=steps, batch_size=batch_size, guidance_scale=guidance_scale)
-    missing = [name for name, s in stats.items() if s is None]
-    if missing:
-        raise RuntimeError(f"calibration never reached {missing[:3]}: the generation does not call them")
-    for name, s in stats.items():
-        s.sample = reservoirs[name].tensor()
-    return stats
+    return collector.result()
 
 
 @dataclass

@@ -46,6 +46,8 @@ def cmd_ls(args) -> int:
     print("Transforms:\n")
     print(tabulate(rows, headers=["name", "source", "parameters (defaults)", "description"],
                    tablefmt="github"))
+    print("\nModel families (where the targets of each transformer are; --plugin/entry points add more):\n")
+    print(_families_table())
     print("\nModels (--model):\n")
     print(tabulate(MODELS.items(), headers=["model", "description"], tablefmt="github"))
     print("\nMetrics (--metrics):\n")
@@ -57,27 +59,37 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def _families_table() -> str:
+    from .registry import families
+
+    rows = [[e.name, e.source, ", ".join(e.family.transformer), ", ".join(e.family.roles)]
+            if e.family is not None else [e.name, e.source, "-", f"BROKEN: {e.error}"]
+            for e in families().values()]
+    return tabulate(rows, headers=["family", "source", "transformer", "roles"], tablefmt="github")
+
+
 def cmd_validate(args) -> int:
     from pathlib import Path
 
-    from .registry import create_transform, load_plugin_file, transforms
-    from .validate import validate_transform
+    from .registry import create_transform, families, load_plugin_file, transforms
+    from .validate import validate_family, validate_transform
 
     target = args.plugin
     if target.endswith(".py") or Path(target).is_file():
         names = load_plugin_file(target)
-    elif target in transforms():
+    elif target in transforms() or target in families():
         names = [target]
     else:
         raise ValueError(f"{target!r} is neither a plugin .py file nor a registered transform "
-                         "(see 'hadabench ls')")
+                         "or model family (see 'hadabench ls')")
     params = _parse_params(args.param)
     if params:  # parameters are the user's input: refuse bad ones (exit 2) before any check
-        for name in names:
+        for name in (n for n in names if n in transforms()):
             create_transform(name, **params)
     failed = False
     for name in names:
-        checks = validate_transform(name, **params)
+        is_family = name in families() and name not in transforms()
+        checks = validate_family(name) if is_family else validate_transform(name, **params)
         print(f"{name}:")
         for check in checks:
             print(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
@@ -278,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--plugin", action="append", metavar="FILE", help="also list a .py file's transforms")
     ls.set_defaults(func=cmd_ls)
 
-    validate = sub.add_parser("validate", help="check a transform before benchmarking it")
-    validate.add_argument("plugin", help="a plugin .py file, or the name of a registered transform")
+    validate = sub.add_parser("validate", help="check a transform or model family before benchmarking it")
+    validate.add_argument("plugin", help="a plugin .py file, or the name of a registered transform or family")
     validate.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                           help="a hyper-parameter for the transform's factory (repeatable)")
     validate.set_defaults(func=cmd_validate)

@@ -4,6 +4,9 @@ The six baselines are registered exactly like a third-party plugin: by an entry 
 ``pyproject.toml`` naming a factory (a callable that takes the hyper-parameters as keyword
 arguments and returns a ``Transform``). A plugin file is a ``.py`` file with a module-level
 ``TRANSFORMS = {"name": factory, ...}``.
+
+Model families (``benchmark.targets.Family``) register the same way: the ``hadabench.families``
+entry point group, or ``FAMILIES = {"name": Family(...)}`` in a plugin file.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Callable
 
 from .transform import Transform
 
-__all__ = ["ENTRY_POINT_GROUP", "TransformEntry", "check_parameters", "create_transform",
-           "load_plugin_file", "transforms"]
+__all__ = ["ENTRY_POINT_GROUP", "FAMILY_GROUP", "FamilyEntry", "TransformEntry", "check_parameters",
+           "create_transform", "families", "family_for", "load_plugin_file", "transforms"]
 
 ENTRY_POINT_GROUP = "hadabench.transforms"
 BASELINES = ("none", "smoothquant", "quarot", "sdcb", "dyncenter", "hadanorm")
@@ -90,8 +93,16 @@ def load_plugin_file(path: str | Path) -> list[str]:
     except Exception as error:  # a broken plugin is the user's input: say which and why
         raise ValueError(f"plugin {path}: import failed: {type(error).__name__}: {error}") from error
     found = getattr(module, "TRANSFORMS", None)
+    declared = getattr(module, "FAMILIES", None)
+    if declared is not None:
+        return _register_families(path, declared) + (_register_transforms(path, found) if found else [])
+    return _register_transforms(path, found)
+
+
+def _register_transforms(path: Path, found) -> list[str]:
     if not isinstance(found, dict) or not found or not all(callable(f) for f in found.values()):
-        raise ValueError(f"plugin {path}: defines no TRANSFORMS = {{'name': factory, ...}}")
+        raise ValueError(f"plugin {path}: defines no TRANSFORMS = {{'name': factory, ...}} "
+                         "(or FAMILIES = {'name': Family(...)})")
     registry = transforms()
     code = f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     for name, factory in found.items():
@@ -100,6 +111,21 @@ def load_plugin_file(path: str | Path) -> list[str]:
                              f"({registry[name].source})")
         registry[name] = TransformEntry(name, factory, f"file {path}", code=code)
     return list(found)
+
+
+def _register_families(path: Path, declared) -> list[str]:
+    if not isinstance(declared, dict) or not declared:
+        raise ValueError(f"plugin {path}: FAMILIES must be {{'name': Family(...), ...}}")
+    registry = families()
+    for name, family in declared.items():
+        try:
+            _check_family(name, family)
+        except ValueError as error:
+            raise ValueError(f"plugin {path}: {error}") from None
+        if name in registry and registry[name].source != f"file {path}":
+            raise ValueError(f"plugin {path}: family {name!r} already exists ({registry[name].source})")
+        registry[name] = FamilyEntry(name, family, f"file {path}")
+    return list(declared)
 
 
 def create_transform(name: str, **params) -> Transform:
@@ -180,3 +206,51 @@ def _type_name(expected) -> str:
     if expected is None or expected is type(None):
         return "None"
     return getattr(expected, "__name__", str(expected))
+# -- model families --------------------------------------------------------------------
+FAMILY_GROUP = "hadabench.families"
+
+
+@dataclass
+class FamilyEntry:
+    name: str
+    family: "Family | None"
+    source: str
+    error: str | None = None
+
+
+_families: dict[str, FamilyEntry] | None = None
+
+
+def families() -> dict[str, FamilyEntry]:
+    """All known model families: the built-in ones (``benchmark.families``; the model loader
+    needs them, so they do not depend on install metadata), entry points of the
+    ``hadabench.families`` group (a ``Family``), then loaded plugin files."""
+    global _families
+    if _families is None:
+        from .families import FAMILIES
+
+        _families = {name: FamilyEntry(name, family, "built-in") for name, family in FAMILIES.items()}
+        for ep in entry_points(group=FAMILY_GROUP):
+            source = f"entry point ({ep.dist.name if ep.dist is not None else '?'})"
+            try:
+                family = ep.load()
+                _check_family(ep.name, family)
+                _families[ep.name] = FamilyEntry(ep.name, family, source)
+            except Exception as error:  # one broken plugin must not hide the others
+                _families[ep.name] = FamilyEntry(ep.name, None, source, f"{type(error).__name__}: {error}")
+    return _families
+
+
+def _check_family(name: str, family) -> None:
+    from .targets import Family
+
+    if not isinstance(family, Family):
+        raise ValueError(f"family {name!r} is a {type(family).__name__}, not a benchmark.targets.Family")
+
+
+def family_for(module) -> "Family | None":
+    """The registered family whose transformer class ``module`` is, or None."""
+    for entry in families().values():
+        if entry.family is not None and entry.family.matches(module):
+            return entry.family
+    return None
