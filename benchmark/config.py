@@ -130,8 +130,10 @@ class RunConfig:
     allow_inexact: bool = False  # run (marked) transforms that are not exact at full precision
     out: str = "results"
     cache_dir: str | None = None
-    roles: list[str] | None = None   # quantize only these roles (benchmark/subset.py); None: all
-    blocks: list[int] | None = None  # and only these blocks; None: all
+    # Quantize only these roles / blocks (benchmark/subset.py; "a,b" and "0-3" read as lists);
+    # None: all of them.
+    roles: str | list[str] | None = None
+    blocks: str | int | list[int] | None = None
 
     def validate(self) -> "RunConfig":
         check_types(self)

@@ -92,7 +92,8 @@ def test_one_role_leaves_every_other_linear_untouched(embedded):
     before = dict(embedded.transformer.named_modules())
     subset = Subset.of("cross_attn_kv", "1-2")
     subset.check(embedded.targets())
-    with embedded.quantized("hadanorm", "a4", only=subset.only(embedded.targets()), alpha=None) as groups:
+    with embedded.quantized("affine", "a4", only=subset.only(embedded.targets()), center=True,
+                           rotation="full") as groups:
         assert sorted(groups) == ["transformer_blocks.1.cross_attn_kv", "transformer_blocks.2.cross_attn_kv"]
         after = dict(embedded.transformer.named_modules())
         swapped = {name for name in before if name in after and after[name] is not before[name]}
@@ -155,7 +156,7 @@ def test_study_cells_tables_and_report(studied):
     assert (studied / "study" / "blocks_a4.png").is_file()
     from benchmark.leaderboard import render
     board = render([studied / "study" / "results.json"], studied / "board.md")
-    assert "Study: [sensitivity, embedded](study/README.md)" in board and "## embedded" not in board
+    assert "[sensitivity study, run study](study/README.md)" in board and "## embedded" not in board
     # only the all-roles cells (a plain run's cells) keep their images
     assert sorted(p.name for p in (studied / "study" / "images" / "a4").iterdir()) == ["affine", "hadanorm"]
 
