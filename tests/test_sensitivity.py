@@ -156,7 +156,7 @@ def test_study_cells_tables_and_report(studied):
     assert (studied / "study" / "blocks_a4.png").is_file()
     from benchmark.leaderboard import render
     board = render([studied / "study" / "results.json"], studied / "board.md")
-    assert "[sensitivity study, run study](study/README.md)" in board and "## embedded" not in board
+    assert "[sensitivity study, run study](study/README.md)" in board and "### " not in board  # linked, not tabled
     # only the all-roles cells (a plain run's cells) keep their images
     assert sorted(p.name for p in (studied / "study" / "images" / "a4").iterdir()) == ["affine", "hadanorm"]
 
