@@ -5,6 +5,11 @@ The public API::
     from benchmark import quantize_linear
     q = quantize_linear(linear, "hadanorm", "w4a4", calibration=x_calib, alpha=0.5)
     y = q(x)
+
+    from benchmark import HadaNormConfig, calibrate, quantize_     # any nn.Module, in place
+    stats = calibrate(pipe.transformer, lambda: pipe(prompts))
+    with quantize_(pipe.transformer, HadaNormConfig(alpha=0.5), "w4a4", calibration=stats):
+        images = pipe(prompts).images
 """
 
 from __future__ import annotations
@@ -15,14 +20,19 @@ from .quant import Precision, quantize_activation, quantize_weight
 from .registry import create_transform, load_plugin_file, transforms
 from .transform import (CORRECTIONS, AffineTransform, CalibrationStats, QuantizedGroup,
                         Transform, TransformedLinear)
+from .quantize_api import (DynCenterConfig, HadaNormConfig, NoTransformConfig, Quantization,
+                           QuaRotConfig, SDCBConfig, SmoothQuantConfig, calibrate, quantize_)
+from .targets import Family, TargetGroup, discover_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AffineTransform", "CalibrationStats", "CORRECTIONS", "HadamardRotation", "Precision",
-    "QuantizedGroup", "Transform", "TransformedLinear", "create_transform", "hadamard_matrix",
-    "load_plugin_file", "quantize_activation", "quantize_linear", "quantize_weight",
-    "transforms",
+    "AffineTransform", "CalibrationStats", "CORRECTIONS", "DynCenterConfig", "Family",
+    "HadaNormConfig", "HadamardRotation", "NoTransformConfig", "Precision", "QuaRotConfig",
+    "Quantization", "QuantizedGroup", "SDCBConfig", "SmoothQuantConfig", "TargetGroup",
+    "Transform", "TransformedLinear", "calibrate", "create_transform", "discover_targets",
+    "hadamard_matrix", "load_plugin_file", "quantize_", "quantize_activation", "quantize_linear",
+    "quantize_weight", "transforms",
 ]
 
 

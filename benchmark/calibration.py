@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,15 +23,21 @@ from typing import Sequence
 import torch
 
 from .captions import load_captions
-from .results import sha256_file
+from .results import Each, OptionalKey, read_json, sha256_file, write_atomic
 from .transform import CalibrationStats
 
-__all__ = ["CalibrationInfo", "calibrate", "caption_seeds", "collect_part", "collect_stats", "merge_parts",
-           "read_captions"]
+__all__ = ["CalibrationInfo", "StatsCollector", "calibrate", "caption_seeds", "collect_part", "collect_stats",
+           "merge_parts", "read_captions"]
 
 FORMAT = 2  # 2: samples drawn per batch (bottom-k), the same for any process count
 DEFAULT_CACHE = Path(".cache") / "calibration"
+# The raw sample kept per group for alpha="auto": 512 tokens in rows of 64 (8 rows, drawn
+# uniformly over every call and step). At PixArt-Sigma's size (28 blocks: 168 groups 1152
+# wide, 28 FFN groups 4608 wide) that is 0.66 GB in fp32, in memory and in the cache file.
+DEFAULT_SAMPLE_TOKENS = 512
+DEFAULT_TOKENS_PER_ROW = 64
 _FIELDS = ("absmax", "centered_absmax", "mean", "sample")
+_META = {"payload": dict, "tensors_sha256": str, "tokens": Each(int), "seconds": OptionalKey(float)}
 
 
 def read_captions(path: str | Path) -> list[str]:
@@ -92,45 +97,69 @@ def _generator(seed: int, batch: int, group: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+# What ``collect_part`` returns and ``merge_parts`` combines: the statistics of each batch, in
+# batch order, and the sample over those batches.
+Part = tuple[list[dict[str, CalibrationStats]], dict[str, _Sample]]
+
+
+class StatsCollector:
+    """``record(group, x)`` for every input of every target group; ``part()`` what it recorded,
+    for ``merge_parts``; ``result()`` the statistics.
+
+    The one recorder: ``collect_part`` uses one per generation batch (``batch`` seeds its
+    sample, so the sample is the same for any process count), ``benchmark.calibrate`` one for
+    a whole run of any module."""
+
+    def __init__(self, groups, max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
+                 tokens_per_row: int = DEFAULT_TOKENS_PER_ROW, seed: int = 0, batch: int = 0):
+        self.stats: dict[str, CalibrationStats | None] = {g.name: None for g in groups}
+        self.samples = {g.name: _Sample(max_sample_tokens, tokens_per_row, _generator(seed, batch, i))
+                        for i, g in enumerate(groups)}
+
+    def record(self, group, x: torch.Tensor) -> None:
+        if x.dim() == 2:
+            x = x[None]
+        new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
+        new.sample = None  # the _Sample keeps the sample
+        old = self.stats[group.name]
+        self.stats[group.name] = new if old is None else old.merge(new)
+        self.samples[group.name].add(x)
+
+    def part(self) -> Part:
+        missing = [name for name, s in self.stats.items() if s is None]
+        if missing:
+            raise RuntimeError(f"calibration never reached {missing[:3]}: the run does not call them")
+        return [dict(self.stats)], dict(self.samples)
+
+    def result(self) -> dict[str, CalibrationStats]:
+        return merge_parts([self.part()])
+
+
 @torch.no_grad()
 def collect_part(model, captions: Sequence[str], seeds: Sequence[int], steps: int = 20,
                  batch_size: int = 16, guidance_scale: float | None = None,
-                 max_sample_tokens: int = 4096, tokens_per_row: int = 256, seed: int = 0,
-                 first_batch: int = 0) -> tuple[list[dict[str, CalibrationStats]], dict[str, _Sample]]:
+                 max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS, tokens_per_row: int = DEFAULT_TOKENS_PER_ROW,
+                 seed: int = 0, first_batch: int = 0) -> Part:
     """The statistics of each batch of ``captions`` (batch ``first_batch`` onwards of the
     calibration set), and the sample over them all. ``merge_parts`` combines parts."""
     if model.is_quantized:
         raise RuntimeError("calibrate the full-precision model: restore() it first")
     groups = model.targets()
-    samples = {g.name: _Sample(max_sample_tokens, tokens_per_row) for g in groups}
-    batches = []
+    batches: list[dict[str, CalibrationStats]] = []
+    samples: dict[str, _Sample] | None = None
     for start in range(0, len(captions), batch_size):
-        batch = first_batch + start // batch_size
-        stats: dict[str, CalibrationStats | None] = {g.name: None for g in groups}
-        sample = {g.name: _Sample(max_sample_tokens, tokens_per_row, _generator(seed, batch, i))
-                  for i, g in enumerate(groups)}
-
-        def record(group, x):
-            if x.dim() == 2:
-                x = x[None]
-            new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
-            new.sample = None  # the _Sample keeps the sample
-            stats[group.name] = new if stats[group.name] is None else stats[group.name].merge(new)
-            sample[group.name].add(x)
-
-        with model.watching_inputs(record):
+        collector = StatsCollector(groups, max_sample_tokens, tokens_per_row, seed,
+                                   batch=first_batch + start // batch_size)
+        with model.watching_inputs(collector.record):
             model.generate(captions[start:start + batch_size], seeds[start:start + batch_size],
                            steps=steps, batch_size=batch_size, guidance_scale=guidance_scale)
-        missing = [name for name, s in stats.items() if s is None]
-        if missing:
-            raise RuntimeError(f"calibration never reached {missing[:3]}: the generation does not call them")
+        [stats], sample = collector.part()
         batches.append(stats)
-        samples = {name: samples[name].merge(sample[name]) for name in samples}
+        samples = sample if samples is None else {name: samples[name].merge(s) for name, s in sample.items()}
     return batches, samples
 
 
-def merge_parts(parts: Sequence[tuple[list[dict[str, CalibrationStats]], dict[str, _Sample]]]
-                ) -> dict[str, CalibrationStats]:
+def merge_parts(parts: Sequence[Part]) -> dict[str, CalibrationStats]:
     """The statistics of all batches from ``collect_part``'s parts, given in batch order: merged
     batch after batch, so the floating-point sums do not depend on how they were split."""
     batches = [stats for part, _ in parts for stats in part]
@@ -147,7 +176,8 @@ def merge_parts(parts: Sequence[tuple[list[dict[str, CalibrationStats]], dict[st
 
 def collect_stats(model, captions: Sequence[str], seeds: Sequence[int], steps: int = 20,
                   batch_size: int = 16, guidance_scale: float | None = None,
-                  max_sample_tokens: int = 4096, tokens_per_row: int = 256,
+                  max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
+                  tokens_per_row: int = DEFAULT_TOKENS_PER_ROW,
                   seed: int = 0) -> dict[str, CalibrationStats]:
     """Generate from the captions once, recording every target group's input at every step."""
     return merge_parts([collect_part(model, captions, seeds, steps, batch_size, guidance_scale,
@@ -187,11 +217,8 @@ def _read_cache(base: Path, payload: dict) -> dict[str, CalibrationStats]:
     from safetensors.torch import load_file
 
     meta_path, tensor_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"unreadable {meta_path.name}: {error}") from None
-    if meta.get("payload") != payload:
+    meta = read_json(meta_path, _META, "calibration cache")
+    if meta["payload"] != payload:
         raise ValueError("written for another model, captions or settings")
     if not tensor_path.is_file() or sha256_file(tensor_path) != meta.get("tensors_sha256"):
         raise ValueError(f"{tensor_path.name} is missing or altered")
@@ -215,19 +242,18 @@ def _write_cache(base: Path, payload: dict, stats: dict[str, CalibrationStats], 
     base.parent.mkdir(parents=True, exist_ok=True)
     tensor_path, meta_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
     tensors = {f"{name}/{f}": getattr(s, f).contiguous() for name, s in stats.items() for f in _FIELDS}
-    save_file(tensors, str(tensor_path) + ".tmp")
-    os.replace(str(tensor_path) + ".tmp", tensor_path)
+    write_atomic(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
     meta = {"payload": payload, "tensors_sha256": sha256_file(tensor_path),
             "tokens": {name: s.tokens for name, s in stats.items()}, "seconds": round(seconds, 2)}
     # The json goes last: a pass interrupted while writing leaves no json, hence a miss.
-    meta_path.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=1))
-    os.replace(meta_path.with_suffix(".json.tmp"), meta_path)
+    write_atomic(meta_path, json.dumps(meta, indent=1))
 
 
 def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
               guidance_scale: float | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
-              batch_size: int = 16, max_sample_tokens: int = 4096,
-              tokens_per_row: int = 256, processes=None) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
+              batch_size: int = 16, max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
+              tokens_per_row: int = DEFAULT_TOKENS_PER_ROW,
+              processes=None) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
     """Calibration statistics for every target group, from the cache when it is valid.
 
     Caption i is generated from seed + i (``caption_seeds``). ``cache_dir=None`` skips the
@@ -258,7 +284,7 @@ def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
     start = time.perf_counter()
     seeds = caption_seeds(len(captions), seed)
 
-    def part(_, batches: slice):
+    def part(_, batches: slice) -> Part:
         return collect_part(model, captions[batches], seeds[batches], steps, batch_size, guidance_scale,
                             max_sample_tokens, tokens_per_row, seed, first_batch=batches.start // batch_size)
 

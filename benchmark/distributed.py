@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Iterator, Sequence
 
+from .numerics import GENERATION_BATCH
+
 __all__ = ["BATCH_SIZE", "Outcome", "Processes", "is_main_process", "share"]
 
-BATCH_SIZE = 16  # captions generated together: the unit of work, whatever the process count
+BATCH_SIZE = GENERATION_BATCH  # captions generated together (numerics.py): the unit of work
 
 
 def is_main_process() -> bool:

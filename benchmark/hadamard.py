@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["HadamardRotation", "hadamard_matrix", "hadamard_order_factor"]
+__all__ = ["HadamardRotation", "apply_factors", "hadamard_matrix", "hadamard_order_factor"]
 
 _SYLVESTER_FACTOR = 128  # largest power-of-two factor applied as one small matmul
 
@@ -119,6 +119,23 @@ def hadamard_matrix(n: int) -> torch.Tensor:
     return out
 
 
+def apply_factors(x: torch.Tensor, factors, signs: torch.Tensor | None, block: int) -> torch.Tensor:
+    """x -> (I (x) H_block) D x on the last dimension, H_block the Kronecker product of
+    ``factors`` (in x's dtype and device); a plain function, so torch.compile can trace it."""
+    shape = x.shape
+    if signs is not None:
+        x = x * signs
+    # (N, block): one row per block of every token; factor i acts on its own axis.
+    x = x.reshape(-1, block)
+    done = 1
+    for f in factors:
+        k = f.shape[0]
+        after = block // (done * k)
+        x = x @ f.T if after == 1 else torch.matmul(f, x.reshape(-1, k, after))
+        done *= k
+    return x.reshape(shape)
+
+
 class HadamardRotation(torch.nn.Module):
     """x -> R x on the last dimension, R = H D orthonormal (D: optional random signs).
 
@@ -160,19 +177,8 @@ class HadamardRotation(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.size:
             raise ValueError(f"rotation of size {self.size} applied to {x.shape[-1]} channels")
-        shape = x.shape
         factors, signs = self._cast_like(x)
-        if signs is not None:
-            x = x * signs
-        # (N, block): one row per block of every token; factor i acts on its own axis.
-        x = x.reshape(-1, self.block)
-        done = 1
-        for f in factors:
-            k = f.shape[0]
-            after = self.block // (done * k)
-            x = x @ f.T if after == 1 else torch.matmul(f, x.reshape(-1, k, after))
-            done *= k
-        return x.reshape(shape)
+        return apply_factors(x, factors, signs, self.block)
 
     def matrix(self) -> torch.Tensor:
         """Dense R (float64), for tests."""

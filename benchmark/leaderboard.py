@@ -1,20 +1,27 @@
-"""Markdown leaderboard from result files (``hadabench leaderboard``)."""
+"""Markdown leaderboard from result files (``hadabench leaderboard``).
+
+One section per model, one table per run and precision. A number is the mean over the
+evaluation captions with the half-width of its 95% bootstrap interval; bold marks every
+transform not significantly worse than the best of its column (paired bootstrap over the
+same captions); "rank" counts the transforms significantly better on the first column, plus
+one. Below each table, the matrix of paired differences behind those verdicts.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from tabulate import tabulate
 
+from . import markdown as md
+from .compare import rank_cells
+from .metrics.registry import leaderboard_metrics
 from .results import OK, metric_value
+from .stats import BOOTSTRAP, mean_interval
 
-# Columns: (key in a cell's metrics, header, format). Higher is better for all three.
-COLUMNS = [("sqnr_db", "SQNR (dB)", "{:.2f}"), ("clip_score", "CLIP score", "{:.2f}"),
-           ("clip_iqa", "CLIP-IQA", "{:.3f}")]
-
-# The paper's Table 1 (W4A4) and appendix table (W6A6), PixArt-Sigma, 20 steps.
+# The paper's Table 1 (W4A4) and appendix table (W6A6), PixArt-Sigma, 20 steps
+# (SQNR dB, CLIP score, CLIP-IQA).
 PAPER = {
     "fp": {"Original": (None, 31.66, 0.90)},
     "w4a4": {"none": (-2.88, 19.22, 0.11), "smoothquant": (-2.03, 18.79, 0.12),
@@ -24,57 +31,91 @@ PAPER = {
              "quarot": (2.32, 31.85, 0.91), "sdcb": (2.61, 31.81, 0.91),
              "dyncenter": (1.56, 31.87, 0.91), "hadanorm": (3.05, 31.82, 0.91)},
 }
+_PAPER_KEYS = ("sqnr_db", "clip_score", "clip_iqa")
 
 
 def is_pixart_sigma(model: str) -> bool:
     return "pixart-sigma" in model.lower()
 
 
-def _fmt(value, spec) -> str:
-    if value is None:
-        return "n/a"
-    if value in (float("inf"), float("-inf")):
-        return "∞" if value > 0 else "-∞"
-    return spec.format(value)
+def _with_interval(spec, value, interval) -> str:
+    text = spec.show(value)
+    return f"{text} ± {spec.fmt.format(interval.half_width)}" if interval is not None else text
+
+
+def _reference_row(results: dict, specs) -> list[str]:
+    metrics = results.get("reference", {}).get("metrics", {})
+    row = ["Original (full precision)", ""]
+    for spec in specs:
+        entry = metrics.get(spec.key)
+        if spec.key.startswith("sqnr"):
+            row.append("–")
+            continue
+        interval = (entry or {}).get("interval") or {}
+        value = metric_value(entry)
+        half = (interval["high"] - interval["low"]) / 2 if interval.get("low") is not None else None
+        row.append(spec.show(value) + (f" ± {spec.fmt.format(half)}" if half is not None else ""))
+    return row
+
+
+def _label(cell: dict) -> str:
+    """The row's name; a transform run with --allow-inexact is marked as not exact."""
+    exactness = cell.get("exactness") or {}
+    if exactness.get("exact", True):
+        return md.cell(cell["label"])
+    error = exactness.get("worst_relative_error")
+    shown = f"{error:.1e}" if isinstance(error, (int, float)) else str(error)  # "nan" in JSON
+    return md.cell(f"{cell['label']} (NOT EXACT at fp: relative error {shown})")
 
 
 def _table(results: dict, precision: str, link_base: Path) -> list[str]:
-    cells = [c for c in results["cells"].values() if c["precision"] == precision]
-    paper = PAPER.get(precision, {}) if is_pixart_sigma(results["config"]["model"]) else {}
-    reference = results.get("reference", {}).get("metrics", {})
-    rows = [["Original (full precision)", "–"] + [_fmt(metric_value(reference.get(k)), f)
-                                                  for k, _, f in COLUMNS[1:]]]
-    values = []
-    for cell in cells:
-        if cell["status"] != OK:
-            rows.append([cell["label"], f"failed: {cell.get('reason') or '?'}", "", ""])
-            values.append([None] * len(COLUMNS))
+    specs = leaderboard_metrics()
+    cells = [c for c in results["cells"].values() if c.get("precision") == precision]
+    ranked = {spec.key: rank_cells(cells, spec) for spec in specs}
+    rows = [_reference_row(results, specs)]
+    for index, cell in enumerate(cells):
+        if cell.get("status") != OK:
+            rows.append([md.cell(cell["label"]), "", md.cell(f"failed: {cell.get('reason') or '?'}")]
+                        + [""] * (len(specs) - 1))
             continue
-        vals = [metric_value(cell["metrics"].get(k)) for k, _, _ in COLUMNS]
-        values.append(vals)
-        rows.append([cell["label"]] + [_fmt(v, f) for v, (_, _, f) in zip(vals, COLUMNS)])
-    for col in range(len(COLUMNS)):  # the best quantized row of each column in bold
-        present = [v[col] for v in values if v[col] is not None]
-        if present:
-            best = max(present)
-            for row, vals in zip(rows[1:], values):
-                if vals[col] == best:
-                    row[col + 1] = f"**{row[col + 1]}**"
-    headers = ["transform"] + [h for _, h, _ in COLUMNS]
+        first = ranked[specs[0].key][index]
+        row = [_label(cell), first.rank if first.rank is not None else ""]
+        for spec in specs:
+            entry = ranked[spec.key][index]
+            text = _with_interval(spec, metric_value(cell["metrics"].get(spec.key)), entry.interval)
+            row.append(f"**{text}**" if entry.tied_with_best else text)
+        rows.append(row)
+    headers = ["transform", "rank"] + [spec.header for spec in specs]
+    paper = PAPER.get(precision, {}) if is_pixart_sigma(results["config"]["model"]) else {}
     if paper:
-        headers += [f"paper {h}" for _, h, _ in COLUMNS]
-        original = PAPER["fp"]["Original"]
-        rows[0] += [_fmt(v, f) for v, (_, _, f) in zip(original, COLUMNS)]
-        for row, cell in zip(rows[1:], cells):
-            numbers = paper.get(cell["label"], (None,) * 3)
-            row += [_fmt(v, f) for v, (_, _, f) in zip(numbers, COLUMNS)]
+        headers += [f"paper {spec.header}" for spec in specs if spec.key in _PAPER_KEYS]
+        for row, label in zip(rows, ["Original"] + [c["label"] for c in cells]):
+            numbers = (PAPER["fp"] if label == "Original" else paper).get(label, (None,) * 3)
+            row += [spec.show(v) for spec, v in zip(specs, numbers)]
     lines = [tabulate(rows, headers=headers, tablefmt="github"), ""]
+    lines += _matrix(cells, ranked[specs[0].key], specs[0])
     grid = results.get("grids", {}).get(precision)
-    if grid:
-        target = Path(results["_dir"]) / grid
-        lines += [f"![{precision} grid: one row per caption, full precision first]"
-                  f"({os.path.relpath(target, link_base).replace(os.sep, '/')})", ""]
+    if grid:  # linked only when it is a file inside the run folder
+        lines += [md.link(f"{precision} grid: one row per caption, full precision first", grid,
+                          results["_dir"], link_base, image=True), ""]
     return lines
+
+
+def _matrix(cells: list[dict], ranked: list, spec) -> list[str]:
+    """Row minus column, mean paired difference; * where the paired bootstrap says significant."""
+    from .compare import cell_samples, pairwise
+
+    usable = [(c["label"], cell_samples(c, spec.key)) for c in cells]
+    usable = [(label, s) for label, s in usable if s is not None]
+    if len(usable) < 2:
+        return []
+    tests = pairwise([s for _, s in usable])
+    rows = [[md.cell(label)] + ["" if i == j else f"{tests[i, j].difference.mean:+.2f}{'*' if tests[i, j].significant else ''}"
+                       for j in range(len(usable))] for i, (label, _) in enumerate(usable)]
+    return ["<details><summary>Paired differences, " + spec.header + " (row − column; * significant at "
+            f"p < {1 - BOOTSTRAP['level']:.2f})</summary>", "",
+            tabulate(rows, headers=["row − column"] + [md.cell(label) for label, _ in usable], tablefmt="github"),
+            "", "</details>", ""]
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -91,41 +132,65 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+def _run_name(path: Path, link_base: Path) -> str:
+    folder = path if path.is_dir() else path.parent
+    return os.path.relpath(folder.resolve(), link_base).replace(os.sep, "/")
+
+
 def render(result_files: list[str | Path], output: str | Path) -> str:
     from .results import read_results
 
     link_base = Path(output).resolve().parent
-    lines = ["# hadabench leaderboard", "",
-             "Each table: one model at one precision, generations from the same captions and "
-             "seeds as its full-precision run. SQNR: of the final latents against the "
-             "full-precision run, mean of per-sample dB. CLIP score: 100 · max(cos(image, "
-             "caption), 0). n/a: not computed (the reason is below the table). Best quantized "
-             "value of each column in bold.", ""]
-    for path in result_files:
+    runs = []
+    for path in map(Path, result_files):
         results = read_results(path)
-        results["_dir"] = str(Path(path).resolve() if Path(path).is_dir() else Path(path).resolve().parent)
-        config = results["config"]
-        captions = results.get("captions", {})
-        for precision in config["precisions"]:
-            lines += [f"## {config['model']} · {precision}", "",
-                      f"{len(captions.get('evaluation', {}).get('ids', []))} {config['captions']} "
-                      f"captions, {config['steps']} steps, seed {config['seed']}.", ""]
-            lines += _table(results, precision, link_base)
-        setup = results.get("metric_setup", {})
-        reasons = {name: entry.get("reason") for name, entry in setup.items()
-                   if entry.get("status") != "computed"}
-        reasons.update({name: "not requested in this run (--metrics)" for name in ("clip_score", "clip_iqa")
-                        if name not in setup})
-        for name, reason in reasons.items():
-            lines += [f"- **{name}** not computed: {reason}"]
-        if reasons:
-            lines.append("")
-        lines += ["<details><summary>Configuration and captions</summary>", "",
-                  f"Configuration hash `{results['config_hash']}`; hadabench "
-                  f"{results['environment'].get('hadabench')}, commit "
-                  f"{results['environment'].get('git_commit') or 'unknown'}, device "
-                  f"{results['environment'].get('device')}.", "",
-                  "```json", json.dumps({"config": config, "captions": results.get("captions"),
-                                         "metric_setup": results.get("metric_setup")}, indent=1),
-                  "```", "", "</details>", ""]
+        results["_dir"] = str(path.resolve() if path.is_dir() else path.resolve().parent)
+        runs.append((_run_name(path, link_base), results))
+    lines = ["# hadabench leaderboard", "",
+             "One section per model, one table per run and precision; every cell of a table was "
+             "generated from the same captions and seeds as its full-precision run. A number is "
+             f"the mean over the evaluation captions ± the half-width of its {BOOTSTRAP['level']:.0%} "
+             f"{BOOTSTRAP['method']} ({BOOTSTRAP['resamples']} resamples, seed {BOOTSTRAP['seed']}). "
+             "**Bold**: not significantly worse than the best of its column (paired bootstrap over "
+             "the same captions). Rank: 1 + the number of transforms significantly better in SQNR. "
+             "SQNR: of the final latents against the full-precision run, mean of per-sample dB. "
+             "CLIP score: 100 · max(cos(image, caption), 0). n/a: not computed (the reason is "
+             "below the table).", ""]
+    for model in dict.fromkeys(r["config"]["model"] for _, r in runs):
+        lines += [f"## {md.text(model)}", ""]
+        for name, results in (run for run in runs if run[1]["config"]["model"] == model):
+            if "study" in results:  # a study (hadabench sensitivity) writes its own page: link it
+                label = f"{results['study'].get('kind')} study, run {name}"
+                lines += [md.link(label, "README.md", results["_dir"], link_base), ""]
+            else:
+                lines += _run_sections(name, results, link_base)
     return "\n".join(lines)
+
+
+def _run_sections(name: str, results: dict, link_base: Path) -> list[str]:
+    config = results["config"]
+    captions = results.get("captions", {})
+    numerics = results.get("environment", {}).get("numerics") or {}
+    lines = []
+    for precision in config["precisions"]:
+        lines += [f"### {md.text(precision)} · run {md.code(name)}", "",
+                  f"{len(captions.get('evaluation', {}).get('ids', []))} {md.text(config['captions'])} captions, "
+                  f"{config['steps']} steps, seed {config['seed']}, numerics {md.text(numerics.get('mode', 'native'))}.", ""]
+        lines += _table(results, precision, link_base)
+    setup = results.get("metric_setup", {})
+    reasons = {name: entry.get("reason") for name, entry in setup.items() if entry.get("status") != "computed"}
+    reasons.update({name: "not requested in this run (--metrics)" for name in ("clip_score", "clip_iqa")
+                    if name not in setup})
+    lines += [f"- **{md.text(metric)}** not computed: {md.text(reason)}" for metric, reason in reasons.items()]
+    if reasons:
+        lines.append("")
+    environment = results.get("environment", {})
+    lines += ["<details><summary>Configuration and captions</summary>", "",
+              f"Configuration hash {md.code(results['config_hash'])}; hadabench "
+              f"{md.text(environment.get('hadabench'))}, commit "
+              f"{md.text(environment.get('git_commit') or 'unknown')}, device "
+              f"{md.text(environment.get('device'))}.", "",
+              *md.json_block({"config": config, "captions": results.get("captions"),
+                              "metric_setup": results.get("metric_setup"), "numerics": numerics}),
+              "", "</details>", ""]
+    return lines

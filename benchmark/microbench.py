@@ -15,7 +15,9 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
+from .calibration import DEFAULT_SAMPLE_TOKENS
 from .metrics import sqnr_db
+from .quant import Precision
 from .registry import BASELINES, create_transform
 from .transform import CORRECTIONS, CalibrationStats
 from .validate import synthetic_activations
@@ -50,7 +52,7 @@ def timing_table(precision: str = "w4a4", tokens: int = 4096, repeats: int = 5,
         plain = _time(lambda: layer(x), repeats)
         rows.append([f"{channels}->{out}", "plain nn.Linear (fp32)", f"{plain * 1e3:.1f}", "1.00"])
         for name in transforms:
-            module = create_transform(name).quantize([layer], precision, stats)
+            module = create_transform(name).quantize([layer], Precision.parse(precision), stats)
             t = _time(lambda: module(x), repeats)
             rows.append([f"{channels}->{out}", f"{name} {precision}", f"{t * 1e3:.1f}", f"{t / plain:.2f}"])
     return tabulate(rows, headers=["layer", "forward", "ms", "x plain"], tablefmt="github")
@@ -71,15 +73,182 @@ def correction_table(precision: str = "w4a4", tokens: int = 1024, mean_scale: fl
             modes = sorted(CORRECTIONS) if name in CENTERING else [None]
             for mode in modes:
                 params = {"correction": mode} if mode else {}
-                (y,) = create_transform(name, **params).quantize([layer], precision, stats)(x)
+                (y,) = create_transform(name, **params).quantize([layer], Precision.parse(precision), stats)(x)
                 rows.append([f"{scale:g}", name, mode or "-", f"{sqnr_db(reference[None], y[None]).item():.2f}"])
     return tabulate(rows, headers=["channel-mean offset (x token std)", "transform", "correction",
                                    f"{precision} output SQNR dB"], tablefmt="github")
 
 
-def main(precision: str = "w4a4", repeats: int = 5) -> None:
+# --- Roofline of the online transform ---------------------------------------------------
+# (label, samples, tokens per sample, channels): one call of the online part as the
+# benchmark makes it. Embedded: 16 captions with CFG (batch 32) x 64 image tokens, the
+# attention width 192 (H12 (x) H16) and the FFN width 768; PixArt-Sigma: CFG batch 2 x 1024
+# image tokens (512 px), 1152 (H36 (x) H32) and the FFN's 4608 (H36 (x) H128).
+ROOFLINE_SHAPES = [("embedded attn", 32, 64, 192), ("embedded ffn", 32, 64, 768),
+                   ("PixArt attn", 2, 1024, 1152), ("PixArt ffn", 2, 1024, 4608)]
+
+
+def _best(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` calls after a warm-up: the least disturbed on a shared machine.
+    On one thread, the thread's CPU time (time the scheduler gave others is not counted);
+    on several, wall-clock time."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return min(times)
+
+
+def matmul_throughput(size: int = 1024, repeats: int = 5) -> float:
+    """The machine's fp32 matmul throughput (flop/s) on a square ``size`` matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    return 2 * size**3 / _best(lambda: torch.mm(a, b, out=out), repeats)
+
+
+def online_cost(samples: int, tokens: int, channels: int, rotation) -> tuple[int, int]:
+    """(bytes, flops) of one HadaNorm online call in fp32: x read once and the result written
+    once (the channel vectors are negligible); flops of the Kronecker rotation's factors
+    (2 per multiply-add) plus ~8 per element for centre, scale and the quantizer."""
+    elements = samples * tokens * channels
+    return 2 * 4 * elements, elements * (2 * sum(rotation.factor_sizes) + 8)
+
+
+@torch.no_grad()
+def roofline_table(kernels=("torch",), repeats: int = 10, bits: int = 4) -> str:
+    """Per shape: bytes, flops, the time the measured copy bandwidth (a copy of the same
+    tensor: read once, write once) and matmul throughput allow, the time taken by each
+    kernel, and the ratio taken / allowed."""
+    from .hadamard import HadamardRotation
+    from .kernels import online_function
+
+    peak = matmul_throughput()
+    rows = []
+    for label, samples, tokens, channels in ROOFLINE_SHAPES:
+        x = synthetic_activations(channels, samples=samples, tokens=tokens)
+        mu = x.mean(dim=-2, keepdim=True)
+        inv_scale = 0.5 + torch.rand(channels, generator=torch.Generator().manual_seed(1))
+        rotation = HadamardRotation(channels)
+        nbytes, flops = online_cost(samples, tokens, channels, rotation)
+        out = torch.empty_like(x)
+        copy = _best(lambda: out.copy_(x), repeats)
+        allowed = max(copy, flops / peak)
+        for kernel in kernels:  # a kernel name, or (label, function) to compare another path
+            kernel, run = (kernel, online_function(kernel)) if isinstance(kernel, str) else kernel
+            taken = _best(lambda: run(x, mu, inv_scale, rotation, bits), repeats)
+            rows.append([label, f"{samples}x{tokens}x{channels}", f"{nbytes / 1e6:.1f}",
+                         f"{flops / 1e6:.0f}", f"{nbytes / copy / 1e9:.1f}", f"{copy * 1e3:.2f}",
+                         f"{flops / peak * 1e3:.2f}", kernel, f"{taken * 1e3:.2f}",
+                         f"{taken / allowed:.1f}"])
+    clock = "thread CPU time" if torch.get_num_threads() == 1 else "wall-clock time"
+    header = (f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s (1024^3), copy bandwidth measured per "
+              f"shape; HadaNorm online part (centre, scale, full Hadamard, A{bits}), fp32, "
+              f"{torch.get_num_threads()} thread(s), best of {repeats} by {clock}\n\n")
+    return header + tabulate(rows, headers=["shape", "samples x tokens x C", "MB moved", "MFLOP",
+                                            "copy GB/s", "copy ms", "matmul ms", "kernel",
+                                            "taken ms", "x roofline"], tablefmt="github")
+
+
+@torch.no_grad()
+def generation_digest(transforms=("quarot", "hadanorm"), precision: str = "w4a4",
+                      captions: int = 4, steps: int = 4) -> list[list[str]]:
+    """sha256 of the embedded model's latents at ``precision`` per transform (a short run
+    with its own calibration): the check that a speed change left the numerics alone."""
+    import hashlib
+
+    from .calibration import calibrate, caption_seeds, read_captions
+    from .models import load_model
+    from .models.embedded.train import DATASET_DIR
+
+    model = load_model("embedded")
+    texts = read_captions(DATASET_DIR / "evaluation.txt")[:captions]
+    stats, _ = calibrate(model, read_captions(DATASET_DIR / "calibration.txt")[:8], steps=steps,
+                         cache_dir=None)
+    rows = []
+    for name in transforms:
+        with model.quantized(name, precision, stats):
+            latents = model.generate(texts, caption_seeds(len(texts)), steps=steps).latents
+        rows.append([name, str(Precision.parse(precision)),
+                     hashlib.sha256(latents.contiguous().numpy().tobytes()).hexdigest()[:16]])
+    return rows
+
+
+
+def pixart_sample_bytes(sample_tokens: int) -> int:
+    """fp32 bytes of the calibration sample at PixArt-Sigma's size: 28 blocks of 6 groups
+    1152 wide (q/k/v, out, cross q, cross k/v, cross out, fc1) and one 4608 wide (fc2)."""
+    return 4 * sample_tokens * 28 * (6 * 1152 + 4608)
+
+
+@torch.no_grad()
+def bf16_table(bits: int = 6, tokens: int = 256) -> str:
+    """The online part on bf16 inputs (HadaNorm, full Hadamard), computed in bf16 throughout
+    (the earlier torch path) and in fp32 with one rounding (now), against the float64
+    computation on the same bf16 inputs: SQNR and the largest error in grid steps."""
+    from .hadamard import HadamardRotation
+    from .kernels import torch_transform_quantize
+
+    rows = []
+    for channels in (192, 1152):
+        x = synthetic_activations(channels, samples=2, tokens=tokens).bfloat16()
+        mu = x.mean(dim=-2, keepdim=True)
+        inv_scale = (0.5 + torch.rand(channels, generator=torch.Generator().manual_seed(1))).bfloat16()
+        rotation = HadamardRotation(channels, random_signs=True)
+        exact = torch_transform_quantize(x.double(), mu.double(), inv_scale.double(), rotation, bits,
+                                         compute_dtype=None)
+        step = (exact.amax(-1, keepdim=True).clamp(min=0) - exact.amin(-1, keepdim=True).clamp(max=0)) / (2**bits - 1)
+        for label, dtype in (("bf16 throughout (before)", None), ("fp32, one rounding (now)", torch.float32)):
+            out = torch_transform_quantize(x, mu, inv_scale, rotation, bits, compute_dtype=dtype).double()
+            rows.append([channels, label, f"{sqnr_db(exact[None], out[None]).item():.2f}",
+                         f"{((out - exact).abs() / step).max().item():.2f}"])
+    return tabulate(rows, headers=["channels", "online part computed in", f"A{bits} SQNR dB vs fp64",
+                                   "max error (grid steps)"], tablefmt="github")
+
+
+def memory_table() -> str:
+    """Peak resident memory of each measurement of ``benchmark.memprobe``, each in a fresh
+    subprocess (one thread)."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for model in ("embedded", "pixart"):
+        for precision in ("fp", "w4a4"):
+            run = subprocess.run([sys.executable, "-m", "benchmark.memprobe", model, precision],
+                                 capture_output=True, text=True)
+            if run.returncode:
+                rows.append([model, precision, "failed", run.stderr.strip().splitlines()[-1][:80], ""])
+                continue
+            info = json.loads(run.stdout.strip().splitlines()[-1])
+            sample = info.get("sample_bytes")
+            rows.append([model, precision, f"{info['peak_rss_bytes'] / 2**30:.2f}",
+                         f"{sample / 2**30:.2f}" if sample else "-", info["seconds"]])
+    note = (f"calibration sample at PixArt-Sigma size (28 blocks, 1024 tokens): "
+            f"{pixart_sample_bytes(DEFAULT_SAMPLE_TOKENS) / 2**30:.2f} GiB with the default "
+            f"{DEFAULT_SAMPLE_TOKENS} tokens per group (was {pixart_sample_bytes(4096) / 2**30:.2f} GiB at 4096)\n\n")
+    return note + tabulate(rows, headers=["model", "precision", "peak RSS GiB", "calibration sample GiB",
+                                          "seconds"], tablefmt="github")
+
+
+def main(precision: str = "w4a4", repeats: int = 5, roofline: bool = False, kernels=("torch",),
+         bf16: bool = False, memory: bool = False, transforms=BASELINES) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1")
+    if roofline or bf16 or memory:
+        if roofline:
+            print("\nRoofline of the online transform:\n")
+            print(roofline_table(kernels, repeats=max(repeats, 10)))
+        if bf16:
+            print("\nbf16 inputs, W6A6 activations: the online part's precision:\n")
+            print(bf16_table())
+        if memory:
+            print("\nPeak resident memory (each in its own process):\n")
+            print(memory_table())
+        return
     print("\nForward time of one PixArt-shaped layer, 4096 tokens:\n")
-    print(timing_table(precision, repeats=repeats))
+    print(timing_table(precision, repeats=repeats, transforms=transforms))
     print("\nBias-correction modes on inputs with growing channel means (1024 tokens x 2 samples):\n")
     print(correction_table(precision))

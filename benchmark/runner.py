@@ -15,6 +15,8 @@ cell in flight, since results.json is replaced atomically after each cell. ``fre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import platform
 import subprocess
@@ -27,12 +29,17 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, exactness
 from .calibration import DEFAULT_CACHE, caption_seeds
+from . import numerics
 from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
 from .distributed import BATCH_SIZE, Processes, is_main_process
-from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_json
+from .metrics.registry import METRIC_SPECS
+from .quant import Precision
+from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_atomic, write_json
+from .runfolder import FolderLock, check_folder
+from .subset import Subset
 
 RUN_FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
 
@@ -85,11 +92,8 @@ def save_images(images: torch.Tensor, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for index, array in enumerate(pixels):
-        path = folder / f"{index:02d}.png"
         with Image.fromarray(array) as image:
-            tmp = folder / f".{index:02d}.png.tmp"
-            image.save(tmp, format="PNG")
-            tmp.replace(path)
+            write_atomic(folder / f"{index:02d}.png", lambda tmp: image.save(tmp, format="PNG"))
 
 
 def save_grid(columns: list[tuple[str, torch.Tensor]], path: Path, rows: int = GRID_CAPTIONS) -> None:
@@ -107,9 +111,7 @@ def save_grid(columns: list[tuple[str, torch.Tensor]], path: Path, rows: int = G
         for row, array in enumerate(pixels):
             tile = Image.fromarray(array).resize((size, size), Image.NEAREST)
             grid.paste(tile, (col * size, label_height + row * size))
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
 @contextlib.contextmanager
@@ -141,42 +143,79 @@ class Run:
     # -- set-up: everything that can refuse the run happens before anything is written --
     def prepare(self) -> None:
         self.processes = Processes.start()
-        self.processes.agree(self._prepare)  # a refusal on one process stops them all
+        self.lock = None
+        try:
+            self.processes.agree(self._prepare)  # a refusal on one process stops them all
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release(undo=True)  # refused: the folder is left as it was
+            raise
 
     def _prepare(self) -> None:
         from .captions import load_captions, make_splits
+        from .kernels import resolve_kernel
         from .models import load_model
-        from .registry import create_transform, load_plugin_file
+        from .config import hashed_differences
+        from .registry import create_transform, load_plugin_file, transforms
 
         for plugin in self.config.plugins:
             load_plugin_file(plugin)
         for spec in self.config.transforms:
             create_transform(spec.name, **dict(spec.params))  # unknown names/params: refuse now
         self.device = self.processes.device(resolve_device(self.config.device))
-        self.hash = self.config.hash()
+        numerics.require(self.config.numerics, self.device)
+        resolve_kernel(self.config.kernel, self.device)  # triton where it cannot run: refuse now
+        self.sources = {spec.label: transforms()[spec.name] for spec in self.config.transforms}
+        self.exactness: dict[str, tuple] = {}  # per transform label, shared by its precisions
+        self.hash = self._config_hash()
         self.results = None
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out} is a file, not a folder")
-        if self.results_path.exists() and not self.fresh:
-            previous = read_results(self.results_path)
-            if previous["config_hash"] != self.hash:
-                raise ValueError(f"{self.out} holds results of another configuration (hash "
-                                 f"{previous['config_hash']}, this run {self.hash}): choose another --out")
-            self.results = previous
+        check_folder(self.out, "--out")
+        check_folder(self.config.cache_dir or DEFAULT_CACHE, "--cache-dir")
         config = self.config
         source_path = {"coco": config.coco_annotations, "file": config.caption_file}.get(config.captions)
         self.splits = make_splits(load_captions(config.captions, source_path), config.calib_size,
                                   config.eval_size, seed=config.seed)
-        log(f"model: loading {config.model} ({config.dtype}, {self.device})")
+        if self.processes.is_main:  # one run per folder, from here to the end of execute()
+            lock = FolderLock(self.out)
+            lock.acquire()
+            self.lock = lock
+        self._resume_or_load(load_model)
+
+    def _resume_or_load(self, load_model) -> None:
+        config = self.config
+        if self.results_path.exists() and not self.fresh:
+            previous = read_results(self.results_path)
+            if previous["config_hash"] != self.hash:
+                differ = hashed_differences(previous["config"], self.config.to_json())
+                raise ValueError(f"{self.out} holds results of another configuration (hash "
+                                 f"{previous['config_hash']}, this run {self.hash}; different "
+                                 f"{', '.join(differ) or 'hash definition'}): choose another --out")
+            self.results = previous
+        tick = time.perf_counter()
         self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
         if self.results is not None:  # resuming: the finished cells must be of these weights and captions
             for what, now in (("model", self.model.fingerprint()), ("captions", self.splits.manifest)):
                 if self.results[what] != json.loads(json.dumps(now)):
                     raise ValueError(f"{self.out} holds results of other {what} than this run's "
                                      "(same configuration): use --fresh or another --out")
+        log(f"model: {config.model} ({config.dtype}, {self.device}), loaded in {time.perf_counter() - tick:.1f} s")
+        self.subset = Subset.of(config.roles, config.blocks)
+        self.subset.check(self.model.targets())  # roles and blocks of this model: refuse now
+
+    def _config_hash(self) -> str:
+        return self.config.hash()
 
     # -- the run: from here on, results are written --
     def execute(self) -> int:
+        try:
+            with numerics.pinned(self.config.numerics, self.device) as described:
+                self.numerics = described
+                return self._execute()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _execute(self) -> int:
         from .calibration import calibrate
         from .scoring import Scorers
 
@@ -192,10 +231,12 @@ class Run:
                 "config": config.to_json(), "config_hash": self.hash,
                 "environment": {**_versions(), "git_commit": _git_commit(self.out), "device": self.device,
                                 "torch_threads": torch.get_num_threads(), "processes": self.processes.count,
-                                "platform": platform.platform()},
+                                "platform": platform.platform(), "numerics": self.numerics},
                 "captions": splits.manifest, "model": model.fingerprint(), "cells": {}, "grids": {},
                 "tolerance": dict(DEFAULT_TOLERANCE),  # so that this run can serve as a baseline
             }
+        else:  # resuming, perhaps with more transforms: the folder's configuration holds them all
+            self.results["config"] = _union(self.results["config"], config.to_json())
         self.results = self.processes.broadcast(self.results)  # the main process's, resumed or new
         reference = self._reference(model, evaluation, seeds)  # on the main process only
         scorers = Scorers(config, self.device) if main else None
@@ -215,31 +256,26 @@ class Run:
         with progress(model, len(splits.calibration), config.steps, "calibration"):
             stats, info = calibrate(model, [c.text for c in splits.calibration], steps=config.steps,
                                     seed=config.seed, guidance_scale=config.guidance_scale,
-                                    cache_dir=config.cache_dir or DEFAULT_CACHE, processes=self.processes)
+                                    cache_dir=config.cache_dir or DEFAULT_CACHE,
+                                    max_sample_tokens=config.calib_sample_tokens, processes=self.processes)
         log(f"calibration: {'from the cache' if info.status == 'hit' else 'collected'} ({info.path})")
         self.results["calibration"] = {"cache": info.status, "key": info.key, "path": str(info.path),
+                                       "sample_tokens": config.calib_sample_tokens,
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self._save()
 
-        todo = []
-        for precision in config.precisions:
-            for spec in config.transforms:
-                done = self.results["cells"].get(cell_key(precision, spec.label))
-                if done is not None:
-                    log(f"{cell_key(precision, spec.label)}: done before ({done['status']}), skipped")
-                    self.failed += done["status"] != OK
-                else:
-                    todo.append((precision, spec))
-        cells = self.processes.map(todo, len(evaluation), lambda cell, part: self._generate_cell(
-            model, *cell, stats, evaluation[part], seeds[part]))
-        for (precision, spec), outcome in cells:  # on the main process, after each round
-            self._cell(scorers, precision, spec, outcome, evaluation, reference)
+        self._cells(model, scorers, evaluation, seeds, reference, stats)
         if main:
-            for precision in config.precisions:
-                self._grid(precision, reference)
             self._save()
             self._report_times()
         return self.processes.finish(1 if self.failed else 0)
+
+    def _cells(self, model, scorers, evaluation, seeds, reference, stats) -> None:
+        jobs = [(precision, spec, None) for precision in self.config.precisions for spec in self.config.transforms]
+        self._run_cells(model, scorers, jobs, evaluation, seeds, reference, stats)
+        if self.processes.is_main:
+            for precision in self.config.precisions:
+                self._grid(precision, reference)
 
     def _report_times(self) -> None:
         """Where the time went (of the work recorded in the results, resumed cells included)."""
@@ -253,21 +289,38 @@ class Run:
         log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) +
             f"; {len(cells)} cells, {self.failed} failed; results in {self.results_path}")
 
+    def _reference_key(self, model, captions, seeds) -> str:
+        """What the reference depends on, like the calibration cache's key: stored in the
+        file's header, and a file with another key is generated again, never reused."""
+        guidance = self.config.guidance_scale
+        return json.dumps({
+            "model": model.fingerprint(),
+            "captions_sha256": hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest(),
+            "seeds": list(seeds), "steps": self.config.steps, "dtype": self.config.dtype,
+            "guidance_scale": model.default_settings().get("guidance_scale") if guidance is None else guidance,
+        }, sort_keys=True)
+
     def _reference(self, model, captions, seeds):
+        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
         from .models.base import Generation
 
         path = self.out / "reference.safetensors"
+        key = self._reference_key(model, captions, seeds)
         self._reference_seconds = 0.0
         reused = None
         if self.processes.is_main and path.exists():
             try:
-                tensors = load_file(path)
-                if tensors["latents"].shape[0] == len(captions):
+                with safe_open(path, "pt") as handle:
+                    stored = (handle.metadata() or {}).get("key")
+                if stored == key:
+                    tensors = load_file(path)
                     log(f"reference: reusing {path}")
                     reused = Generation(captions, seeds, tensors["latents"], tensors["images"],
                                         self.results.get("reference", {}).get("settings", {}))
+                else:
+                    log(f"reference: {path} was generated with other settings; generating again")
             except Exception as error:  # a damaged cache is regenerated, never trusted
                 log(f"reference: {path} unreadable ({error}); generating again")
         if self.processes.broadcast(reused is not None):
@@ -287,38 +340,75 @@ class Run:
             raise RuntimeError(f"the full-precision reference failed: {outcomes[0].error}")
         generation = _joined(outcomes[0].parts)
         self._reference_seconds = time.perf_counter() - tick
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".reference.safetensors.tmp")
-        save_file({"latents": generation.latents.contiguous(), "images": generation.images.contiguous()}, tmp)
-        tmp.replace(path)
+        tensors = {"latents": generation.latents.contiguous(), "images": generation.images.contiguous()}
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))
         save_images(generation.images, self.out / "images" / "fp")
         return generation
 
-    def _generate_cell(self, model, precision, spec, stats, captions, seeds) -> dict:
-        """This process's part of a cell: quantize, then generate its batches."""
+    def _run_cells(self, model, scorers, jobs, captions, seeds, reference, stats) -> None:
+        """The cells ``jobs`` (precision, spec, subset) not done before with the same code,
+        spread over the processes; the main process scores and saves each. A subset (a study's
+        cell: keyed by it, no images) stands instead of the run's; None: the run's."""
+        todo = []
+        for precision, spec, subset in jobs:
+            key = self._cell_key(precision, spec, subset)
+            done = self.results["cells"].get(key)
+            code = self.sources[spec.label].code
+            if done is not None and done.get("code") == code:
+                log(f"{key}: done before ({done['status']}), skipped")
+                self.failed += done["status"] != OK
+                continue
+            if done is not None:
+                log(f"{key}: its code changed ({done.get('code')} -> {code}), computed again")
+            todo.append((precision, spec, subset))
+        cells = self.processes.map(todo, len(captions), lambda job, part: self._generate_cell(
+            model, *job, stats, captions[part], seeds[part]))
+        for (precision, spec, subset), outcome in cells:  # on the main process, after each round
+            self._cell(scorers, precision, spec, outcome, captions, reference, subset)
+
+    def _cell_key(self, precision, spec, subset: Subset | None) -> str:
+        return cell_key(precision, spec.label) + (f" [{subset.label}]" if subset else "")
+
+    def _generate_cell(self, model, precision, spec, subset, stats, captions, seeds) -> dict:
+        """This process's part of a cell: the exactness check, then quantize and generate its
+        batches (none when the transform is not exact and that is not allowed)."""
+        errors, seconds = self._exact(model, spec, stats)
+        part = {"exact_errors": errors, "exactness": {**exactness.summarize(errors), "check_s": seconds}}
+        if not part["exactness"]["exact"] and not self.config.allow_inexact:
+            return part  # the main process fails the cell
         tick = time.perf_counter()
-        with model.quantized(spec.name, precision, stats, kernel=self.config.kernel,
-                             **dict(spec.params)) as groups:
+        quantized = dataclasses.replace(Precision.parse(precision), grid=self.config.grid)
+        with model.quantized(spec.name, quantized, stats, kernel=self.config.kernel,
+                             only=(subset or self.subset).only(model.targets()), **dict(spec.params)) as groups:
             timings = {"quantize_s": time.perf_counter() - tick}
             tick = time.perf_counter()
-            with progress(model, len(captions), self.config.steps, cell_key(precision, spec.label)):
+            with progress(model, len(captions), self.config.steps, self._cell_key(precision, spec, subset)):
                 generation = model.generate(captions, seeds, steps=self.config.steps, batch_size=BATCH_SIZE,
                                             guidance_scale=self.config.guidance_scale)
             timings["generate_s"] = time.perf_counter() - tick
-        return {"groups": groups, "kernel": sorted({g.get("kernel", "plugin") for g in groups.values()}),
+        return {**part, "groups": groups, "kernel": sorted({g.get("kernel", "plugin") for g in groups.values()}),
                 "timings": timings, "generation": generation}
 
-    def _cell(self, scorers, precision, spec, outcome, captions, reference) -> None:
+    def _cell(self, scorers, precision, spec, outcome, captions, reference, subset: Subset | None) -> None:
         """The main process: score a cell from its gathered parts, save it and its images."""
-        key = cell_key(precision, spec.label)
+        key = self._cell_key(precision, spec, subset)
+        source = self.sources[spec.label]
         cell = {"precision": precision, "transform": spec.name, "label": spec.label,
-                "params": dict(spec.params), "status": OK, "reason": None, "metrics": {},
-                "per_sample": {}, "groups": {}, "timings": {}}
+                "params": dict(spec.params), "source": source.source, "code": source.code,
+                "status": OK, "reason": None, "metrics": {}, "per_sample": {}, "groups": {}, "timings": {},
+                "subset": (subset or self.subset).to_json()}
         reason = outcome.error  # the transform is under test: fail its cell, go on
         if reason is None:
             try:
                 first = outcome.parts[0]
-                cell["groups"], cell["kernel"] = first["groups"], first["kernel"]
+                errors = first["exact_errors"]
+                cell["groups"] = {name: {"exact_error": error} for name, error in errors.items()}
+                cell["exactness"] = first["exactness"]
+                if any("generation" not in p for p in outcome.parts):
+                    raise exactness.NotExact(exactness.describe_failure(first["exactness"]))
+                cell["groups"] = {name: {**described, "exact_error": errors.get(name)}
+                                  for name, described in first["groups"].items()}
+                cell["kernel"] = first["kernel"]
                 # wall times of the slowest process
                 cell["timings"] = {k: max(p["timings"][k] for p in outcome.parts) for k in first["timings"]}
                 generation = _joined([p["generation"] for p in outcome.parts])
@@ -327,7 +417,8 @@ class Run:
                 tick = time.perf_counter()
                 cell["metrics"], cell["per_sample"] = scorers.cell(reference, generation, captions)
                 cell["timings"]["metrics_s"] = time.perf_counter() - tick
-                save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
+                if subset is None:
+                    save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
             except Exception as error:
                 reason = f"{type(error).__name__}: {error}"
         if reason is not None:
@@ -342,15 +433,14 @@ class Run:
         import numpy as np
 
         columns = [("full precision", reference.images)]
-        for spec in self.config.transforms:
-            cell = self.results["cells"].get(cell_key(precision, spec.label))
-            folder = self.out / "images" / precision / _safe(spec.label)
-            if cell is None or cell["status"] != OK or not folder.exists():
+        for cell in self.results["cells"].values():  # every row of the folder, resumed ones too
+            folder = self.out / "images" / precision / _safe(cell["label"])
+            if cell["precision"] != precision or cell["status"] != OK or not folder.exists():
                 continue
             files = sorted(folder.glob("*.png"))[:GRID_CAPTIONS]
             images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
                                   for f in files]).float() / 255
-            columns.append((spec.label, images))
+            columns.append((cell["label"], images))
         name = f"grid_{precision}.png"
         save_grid(columns, self.out / name)
         self.results["grids"][precision] = name
@@ -362,9 +452,31 @@ class Run:
             for path in self.out.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
+    def _exact(self, model, spec, stats) -> tuple[dict[str, float], float]:
+        """Per group, the transform's relative error at full precision, and the seconds the
+        check took (computed once per transform, for all its precisions)."""
+        from .registry import create_transform
+
+        if spec.label not in self.exactness:
+            tick = time.perf_counter()
+            transform = create_transform(spec.name, **dict(spec.params))
+            errors = exactness.model_exactness(model, transform, stats)
+            self.exactness[spec.label] = errors, time.perf_counter() - tick
+        return self.exactness[spec.label]
+
     def _save(self) -> None:
         if self.processes.is_main:  # the other processes write nothing
             write_json(self.results_path, self.results)
+
+
+def _union(previous: dict, current: dict) -> dict:
+    """A resumed folder's configuration: the earlier one, its transforms and plugins joined
+    by this run's (not hashed: each cell records its own transform and code)."""
+    merged = dict(previous)
+    for key in ("transforms", "plugins"):
+        merged[key] = list(previous.get(key, [])) + [item for item in current[key]
+                                                     if item not in previous.get(key, [])]
+    return merged
 
 
 def _joined(parts: list) -> "Generation":
@@ -384,9 +496,13 @@ def _summary(key: str, cell: dict) -> str:
     if cell["status"] != OK:
         return f"{key}: FAILED ({cell['reason']})"
     shown = []
-    for name in ("sqnr_db", "sqnr_image_db", "clip_score", "clip_iqa"):
-        if name in cell["metrics"]:
-            number = metric_value(cell["metrics"][name])
-            shown.append(f"{name} {'n/a' if number is None else f'{number:.3f}'}")
+    for spec in METRIC_SPECS.values():
+        entry = cell["metrics"].get(spec.key)
+        if entry is not None and spec.per_sample:
+            interval = entry.get("interval") or {}
+            spread = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval.get("low") is not None else ""
+            shown.append(f"{spec.key} {spec.show(metric_value(entry))}{spread}")
     seconds = sum(cell["timings"].values())
-    return f"{key}: {', '.join(shown)}  ({seconds:.1f} s)"
+    inexact = "" if cell.get("exactness", {}).get("exact", True) else \
+        f"  INEXACT at fp (relative error {cell['exactness']['worst_relative_error']:.2e}, allowed)"
+    return f"{key}: {', '.join(shown)}  ({seconds:.1f} s){inexact}"

@@ -12,6 +12,7 @@ A cell's metrics (keys of ``cell["metrics"]``; per-sample values in ``cell["per_
 from __future__ import annotations
 
 from .metrics import ClipIQA, ClipScore, MetricResult, Sqnr
+from .stats import interval_json
 
 METRICS = {
     "sqnr": "SQNR (dB) against the full-precision run: final latents and decoded images",
@@ -21,8 +22,12 @@ METRICS = {
 
 
 def _entry(result: MetricResult) -> tuple[dict, list | None]:
+    """(the metric with its interval over captions, its per-sample values)."""
     entry = result.to_dict()
-    return {k: v for k, v in entry.items() if k != "per_sample"}, entry["per_sample"]
+    per_sample = entry.pop("per_sample")
+    if result.computed and result.per_sample is not None:
+        entry["interval"] = interval_json(result.per_sample)
+    return entry, per_sample
 
 
 class Scorers:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hadamard import HadamardRotation
-from .kernels import fused_transform_quantize, resolve_kernel, torch_transform_quantize
+from .kernels import online_function, resolve_kernel
 from .quant import Precision, quantize_weight
 
 __all__ = [
@@ -39,6 +39,9 @@ CORRECTIONS = {
     "fp_token": "m~ kept in full precision, multiplied by the quantized W~",
     "exact": "W mu with the original full-precision weights",
 }
+# When each AffineTransform parameter has an effect (others are refused away from their default).
+_NEEDS = {"block_size": "only the rotation 'block' uses it", "seed": "it draws random signs, "
+          "and random_signs is off", "correction": "only a centering transform adds W mu back"}
 AUTO_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 _EPS = 1e-5
 
@@ -173,7 +176,7 @@ class TransformedLinear(QuantizedGroup):
         folded = folded.to(dtype)
         if precision.weight_bits is not None:
             folded = quantize_weight(folded, precision.weight_bits, precision.weight_block,
-                                     precision.weight_symmetric)
+                                     precision.weight_symmetric, precision.grid)
         self.register_buffer("weight", folded.contiguous())  # quantize_weight may return a strided view
         # Only the exact correction needs the original weights (full precision W mu).
         keep_original = center and correction == "exact"
@@ -181,14 +184,14 @@ class TransformedLinear(QuantizedGroup):
         self.use_kernel("auto")
 
     def use_kernel(self, kernel: str) -> "TransformedLinear":
-        """Run the online part with "torch", "triton" (the fused kernel) or "auto"."""
+        """Run the online part with "torch", "triton" (the fused kernel), "compile" or "auto"."""
         self.kernel = resolve_kernel(kernel, self.weight.device)
         return self
 
     def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None) -> torch.Tensor:
         """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input."""
-        run = fused_transform_quantize if self.kernel == "triton" else torch_transform_quantize
-        return run(x, mu, self.inv_scale, self.rotation, bits)
+        return online_function(self.kernel)(x, mu, self.inv_scale, self.rotation, bits,
+                                            grid=self.precision.grid)
 
     def forward(self, x: torch.Tensor):
         mu = x.mean(dim=-2, keepdim=True) if self.center else None
@@ -246,8 +249,27 @@ class AffineTransform(Transform):
             raise ValueError(f"correction must be one of {sorted(CORRECTIONS)}, got {self.correction!r}")
         if isinstance(self.alpha, str) and self.alpha != "auto":
             raise ValueError(f"alpha must be a number in [0, 1], 'auto' or None, got {self.alpha!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, str, type(None))):
+            raise ValueError(f"alpha must be a number in [0, 1], 'auto' or None, got {self.alpha!r}")
         if isinstance(self.alpha, (int, float)) and not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        for flag in ("center", "random_signs"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        for number in ("block_size", "seed"):
+            value = getattr(self, number)
+            if isinstance(value, bool) or not isinstance(value, int) or (number == "block_size" and value < 1):
+                raise ValueError(f"{number} must be {'a positive' if number == 'block_size' else 'an'} "
+                                 f"integer, got {value!r}")
+        # A parameter set away from its default where it has no effect is refused: the run
+        # would record (and label a row with) a setting that changed nothing.
+        unused = {"block_size": self.rotation != "block", "seed": not self.random_signs,
+                  "correction": not self.center}
+        for key, ignored in unused.items():
+            default = next(f.default for f in dataclasses.fields(self) if f.name == key)
+            if ignored and getattr(self, key) != default:
+                raise ValueError(f"{key}={getattr(self, key)!r} has no effect here "
+                                 f"({_NEEDS[key]}); leave it at its default {default!r}")
 
     def config(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
@@ -297,3 +319,18 @@ class AffineTransform(Transform):
         best = min(errors, key=errors.get)
         return self._build(linears, precision, smoothquant_scale(absmax, weight, best), rotation,
                            {"alpha": best, "alpha_search": "auto", "alpha_mse": errors[best]})
+
+
+def affine(center: bool = False, alpha: float | str | None = None, rotation: str | None = None,
+           random_signs: bool = False, block_size: int = 128, seed: int = 0,
+           correction: str = "quantized_token") -> AffineTransform:
+    """Any point of the design space, e.g. affine(center=true, rotation=full): the lattice.
+
+    center: dynamic mean; alpha: None (s = 1), a number in [0, 1] or "auto";
+    rotation: None, "full" or "block"; random_signs: R = H D (needs a rotation).
+    """
+    if random_signs and rotation is None:
+        raise ValueError("affine: random_signs=true needs a rotation (rotation=full or block)")
+    return AffineTransform(name="affine", center=bool(center), alpha=alpha, rotation=rotation,
+                           block_size=block_size, random_signs=bool(random_signs), seed=seed,
+                           correction=correction)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .exactness import EXACT_TOLERANCE, check_outputs, exactness_error, relative_error
 from .quant import Precision
 from .registry import create_transform
 from .transform import CalibrationStats
 
-__all__ = ["Check", "validate_transform", "synthetic_activations"]
+__all__ = ["Check", "validate_family", "validate_transform", "synthetic_activations"]
 
-EXACT_TOLERANCE = 1e-5
 # (input channels, output widths of the group): a single linear, a q/k/v-like group, a
 # PixArt-width layer and a width with no power-of-two factor beyond 4.
 LAYER_SHAPES = [(64, [48]), (128, [128, 128, 64]), (1152, [96]), (12, [5])]
@@ -41,10 +42,14 @@ def _layers(channels, widths, seed):
     return [nn.Linear(channels, w) for w in widths]
 
 
-def _relative_error(outs, refs) -> float:
-    num = sum((o - r).double().pow(2).sum() for o, r in zip(outs, refs))
-    den = sum(r.double().pow(2).sum() for r in refs)
-    return float((num / den).sqrt())
+def _finite(outs) -> bool:
+    return all(torch.isfinite(o).all() for o in outs)
+
+
+def _same(a, b) -> bool:
+    """Equal element by element, NaN equal to NaN (a transform that always makes NaN is
+    deterministic; the other checks report it as non-finite)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 @torch.no_grad()
@@ -63,29 +68,37 @@ def validate_transform(name: str, **params) -> list[Check]:
     if not check("loads", lambda: (True, type(create_transform(name, **params)).__name__)):
         return checks
 
+    def stats_for(channels, seed=0):
+        return CalibrationStats.from_activations(synthetic_activations(channels, seed=seed + 1))
+
     def build(channels, widths, precision, seed=0):
         layers = _layers(channels, widths, seed)
         x = synthetic_activations(channels, seed=seed)
-        stats = CalibrationStats.from_activations(synthetic_activations(channels, seed=seed + 1))
         transform = create_transform(name, **params)
-        return layers, x, transform.quantize(layers, Precision.parse(precision), stats)
+        return layers, x, transform.quantize(layers, Precision.parse(precision), stats_for(channels, seed))
 
-    def exact():
+    def exact():  # the same check as the run's (benchmark/exactness.py), on synthetic layers
         worst = []
         for channels, widths in LAYER_SHAPES:
-            layers, x, module = build(channels, widths, "fp")
-            err = _relative_error(module(x), [lin(x) for lin in layers])
+            layers, x = _layers(channels, widths, 0), synthetic_activations(channels)
+            where = f"{channels} -> {widths}"
+            err = exactness_error(create_transform(name, **params), layers, stats_for(channels), x, where)
             worst.append(err)
+            if not math.isfinite(err):
+                return False, f"non-finite output (NaN or Inf) at {where}"
             if not err < EXACT_TOLERANCE:
-                return False, f"relative error {err:.2e} at {channels} -> {widths} (limit {EXACT_TOLERANCE:g})"
+                return False, f"relative error {err:.2e} at {where} (limit {EXACT_TOLERANCE:g})"
         return True, f"worst relative error {max(worst):.1e} over {len(LAYER_SHAPES)} layer groups"
 
     def deterministic():
         _, x, first = build(128, [128, 64], "w4a4")
         _, _, second = build(128, [128, 64], "w4a4")
         a, b, c = first(x), first(x), second(x)
-        same = all(torch.equal(p, q) and torch.equal(p, r) for p, q, r in zip(a, b, c))
-        return same, "two builds and two calls agree bitwise" if same else "outputs differ between runs"
+        same = all(_same(p, q) and _same(p, r) for p, q, r in zip(a, b, c))
+        if not same:
+            return False, "outputs differ between runs"
+        finite = _finite(a)
+        return True, "two builds and two calls agree bitwise" + ("" if finite else " (NaN and Inf in the same places)")
 
     def shapes():
         layers, x, module = build(64, [48, 16], "w4a4")
@@ -93,20 +106,19 @@ def validate_transform(name: str, **params) -> list[Check]:
                  "one token": x[:, :1], "odd token count": x[:, :7]}
         for label, inp in cases.items():
             outs = module(inp)
-            if not isinstance(outs, tuple) or len(outs) != len(layers):
-                return False, f"{label}: expected a tuple of {len(layers)} outputs"
-            for lin, out in zip(layers, outs):
-                if out.shape != lin(inp).shape or out.dtype != inp.dtype:
-                    return False, f"{label}: got {tuple(out.shape)} {out.dtype}, expected {tuple(lin(inp).shape)}"
+            check_outputs(outs, layers, inp, label)
+            for out in outs:
+                if out.dtype != inp.dtype:
+                    return False, f"{label}: output dtype {out.dtype}, expected {inp.dtype}"
         return True, ", ".join(cases)
 
     def quantized():
         for precision in ("w4a4", "w6a6"):
             layers, x, module = build(1152, [96], precision)
             outs = module(x)
-            if not all(torch.isfinite(o).all() for o in outs):
-                return False, f"{precision}: non-finite output"
-            err = _relative_error(outs, [lin(x) for lin in layers])
+            if not _finite(outs):
+                return False, f"{precision}: non-finite output (NaN or Inf)"
+            err = relative_error(outs, [lin(x) for lin in layers])
             if not 0 < err < 1:
                 return False, f"{precision}: relative error {err:.2e} is not in (0, 1)"
         return True, "w4a4 and w6a6 outputs finite, quantized, and closer to the layer than zero is"
@@ -115,4 +127,62 @@ def validate_transform(name: str, **params) -> list[Check]:
     check("deterministic", deterministic)
     check("handles shapes", shapes)
     check("quantizes", quantized)
+    return checks
+
+
+@torch.no_grad()
+def validate_family(name: str) -> list[Check]:
+    """Checks of a model family declaration on its ``example`` transformer: discovery covers
+    every linear of every block (a role or a named exclusion), the groups read one width, and
+    every baseline is exact at fp and finite at w4a4 on every group."""
+    from .registry import BASELINES, families
+    from .targets import discover_targets
+
+    checks: list[Check] = []
+    entry = families().get(name)
+    if entry is None or entry.family is None:
+        reason = "not registered" if entry is None else entry.error
+        return [Check("loads", False, f"family {name!r}: {reason}")]
+    family = entry.family
+    checks.append(Check("loads", True, f"{len(family.roles)} roles: {', '.join(family.roles)}"))
+    try:
+        if family.example is None:
+            raise ValueError("the declaration has no example= (a small random transformer to check)")
+        module = family.example()
+        if not family.matches(module):
+            raise ValueError(f"example is a {type(module).__name__}, not one of {family.transformer}")
+        groups = discover_targets(module, family)
+    except Exception as error:
+        checks.append(Check("covers every block linear", False, f"{type(error).__name__}: {error}"))
+        return checks
+    linears = sum(len(g.linears) for g in groups)
+    covered = {n for g in groups for n, _ in g.linears}
+    excluded = sorted({n.split(".", 2)[2] for n, m in module.named_modules()
+                       if isinstance(m, nn.Linear) and n.split(".")[0] in family.blocks and n not in covered})
+    checks.append(Check("covers every block linear", True,
+                        f"{len(groups)} groups, {linears} linears; excluded: {', '.join(excluded) or 'none'}"))
+    widths = [g.name for g in groups if len({lin.in_features for _, lin in g.linears}) != 1]
+    checks.append(Check("one input width per group", not widths, ", ".join(widths) or f"{len(groups)} groups"))
+
+    def exact():
+        worst = 0.0
+        for transform in BASELINES:
+            for group in groups:
+                layers = [lin for _, lin in group.linears]
+                x = synthetic_activations(group.in_features)
+                stats = CalibrationStats.from_activations(synthetic_activations(group.in_features, seed=1))
+                fp = create_transform(transform).quantize(layers, Precision.parse("fp"), stats)
+                err = _relative_error(fp(x), [lin(x) for lin in layers])
+                if not err < EXACT_TOLERANCE:
+                    return False, f"{transform} on {group.name}: relative error {err:.2e}"
+                worst = max(worst, err)
+                q = create_transform(transform).quantize(layers, Precision.parse("w4a4"), stats)
+                if not all(torch.isfinite(o).all() for o in q(x)):
+                    return False, f"{transform} on {group.name}: non-finite output at w4a4"
+        return True, f"the {len(BASELINES)} baselines on every group: worst fp relative error {worst:.1e}"
+
+    try:
+        checks.append(Check("exact at fp, finite at w4a4", *exact()))
+    except Exception as error:
+        checks.append(Check("exact at fp, finite at w4a4", False, f"{type(error).__name__}: {error}"))
     return checks

@@ -34,7 +34,8 @@ def test_stats_match_all_activations(tiny):
     finally:
         for h in hooks:
             h.remove()
-    stats = collect_stats(tiny, CAPTIONS, caption_seeds(3), steps=STEPS, batch_size=2, max_sample_tokens=256)
+    stats = collect_stats(tiny, CAPTIONS, caption_seeds(3), steps=STEPS, batch_size=2, max_sample_tokens=256,
+                          tokens_per_row=256)
     assert set(stats) == {g.name for g in groups}
     for name, calls in seen.items():
         # batches of 2 and 1 captions, doubled by classifier-free guidance, at every step
@@ -73,7 +74,7 @@ def test_cache_miss_hit_and_stale(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate tensors", "garbage json", "delete tensors",
-                                    "edit payload", "flip a byte"])
+                                    "edit payload", "flip a byte", "json holds []", "tokens not numbers"])
 def test_corrupt_cache_is_rebuilt(tiny, tmp_path, damage):
     stats, info = calibrate(tiny, CAPTIONS, steps=STEPS, cache_dir=tmp_path)
     tensors, meta = info.path.with_suffix(".safetensors"), info.path.with_suffix(".json")
@@ -83,6 +84,12 @@ def test_corrupt_cache_is_rebuilt(tiny, tmp_path, damage):
         meta.write_text("{not json")
     elif damage == "delete tensors":
         tensors.unlink()
+    elif damage == "json holds []":
+        meta.write_text("[]")
+    elif damage == "tokens not numbers":
+        data = json.loads(meta.read_text())
+        data["tokens"] = {name: "abc" for name in data["tokens"]}
+        meta.write_text(json.dumps(data))
     elif damage == "edit payload":
         data = json.loads(meta.read_text())
         data["payload"]["steps"] = 99

@@ -1,7 +1,9 @@
 import hashlib
 import json
+import subprocess
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,14 @@ import pytest
 from benchmark import captions
 from benchmark.captions import Caption, load_captions, make_splits
 
-COCO_FILE = Path(__file__).resolve().parents[2] / "shared" / "coco" / "captions_val2017.json"
+DATA = Path(__file__).resolve().parent / "data"
+SYNTHETIC_FILE = DATA / "synthetic_captions.json"  # written by data/make_synthetic_coco.py
+REAL_FILE = Path(__file__).resolve().parents[2] / "shared" / "coco" / "captions_val2017.json"
+# Every COCO test runs on the synthetic file, and on the real COCO 2017 validation captions
+# too where ../shared/coco has them: a clean clone skips none of them.
+COCO_FILES = {"synthetic": SYNTHETIC_FILE} | ({"real": REAL_FILE} if REAL_FILE.is_file() else {})
+# (images, captions) of each file; the real one's are COCO's published counts.
+COUNTS = {SYNTHETIC_FILE: (200, 1049), REAL_FILE: (5000, 25014)}
 
 
 def _sha(texts):
@@ -24,21 +33,42 @@ def _one_line_error(excinfo, *fragments):
         assert fragment in message, message
 
 
+@pytest.fixture(scope="module", params=list(COCO_FILES))
+def coco_file(request):
+    return COCO_FILES[request.param]
+
+
 @pytest.fixture(scope="module")
-def coco():
-    if not COCO_FILE.is_file():
-        pytest.skip(f"real COCO captions not found at {COCO_FILE}")
-    return load_captions("coco", COCO_FILE)
+def coco(coco_file):
+    return load_captions("coco", coco_file)
 
 
-# --- the real COCO 2017 validation captions ---------------------------------------------
+# --- COCO caption files: the synthetic one, and the real one where present ----------------
 
-def test_coco_file_loads_every_caption(coco):
-    assert len(coco) == 25014
-    assert len({c.image_id for c in coco}) == 5000
-    assert len({c.id for c in coco}) == 25014
+def test_synthetic_file_is_what_its_script_writes(tmp_path):
+    out = tmp_path / "synthetic.json"
+    subprocess.run([sys.executable, str(DATA / "make_synthetic_coco.py"), str(out)], check=True,
+                   capture_output=True)
+    assert out.read_bytes() == SYNTHETIC_FILE.read_bytes()
+
+
+def test_coco_file_loads_every_caption(coco_file, coco):
+    raw = json.loads(coco_file.read_text(encoding="utf-8"))["annotations"]
+    images, count = COUNTS[coco_file]
+    assert len(coco) == len(raw) == count
+    assert len({c.image_id for c in coco}) == images
+    assert len({c.id for c in coco}) == count
+    assert [(c.id, c.image_id) for c in coco] == [(str(a["id"]), a["image_id"]) for a in raw]
+    assert coco.source == "coco" and coco.path == str(coco_file)
+
+
+def test_coco_captions_are_whitespace_normalised(coco_file, coco):
+    raw = [a["caption"] for a in json.loads(coco_file.read_text(encoding="utf-8"))["annotations"]]
+    assert [c.text for c in coco] == [" ".join(text.split()) for text in raw]
     assert all(c.text and c.text == " ".join(c.text.split()) for c in coco)
-    assert coco.source == "coco" and coco.path == str(COCO_FILE)
+    # the file has what normalisation is for: trailing spaces, newlines, double spaces
+    assert any(text.endswith(" ") for text in raw) and any("\n" in text for text in raw)
+    assert any("  " in text.strip() for text in raw)
 
 
 def test_splits_have_the_sizes_asked_and_share_no_image(coco):
@@ -59,6 +89,13 @@ def test_several_captions_per_image(coco):
             per_image.setdefault(c.image_id, set()).add(c.id)
         assert all(len(ids) == 3 for ids in per_image.values())
     assert not {c.image_id for c in splits.calibration} & {c.image_id for c in splits.evaluation}
+    # only images with enough captions are eligible (most have 5, a few 6 or 7)
+    with_six = {image for image, n in Counter(c.image_id for c in coco).items() if n >= 6}
+    assert 0 < len(with_six) < len({c.image_id for c in coco})
+    six = make_splits(coco, calib_size=0, eval_size=len(with_six), captions_per_image=6)
+    assert {c.image_id for c in six.evaluation} == with_six and len(six.evaluation) == 6 * len(with_six)
+    with pytest.raises(ValueError, match=rf"\({len(with_six)} images with >= 6 captions left for evaluation\)"):
+        make_splits(coco, calib_size=0, eval_size=len(with_six) + 1, captions_per_image=6)
 
 
 def test_same_seed_same_split_other_seed_other_split(coco):
@@ -82,11 +119,11 @@ def test_the_same_image_set_in_another_order_gives_the_same_split(coco):
     assert make_splits(shuffled, 16, 16, seed=1).evaluation == make_splits(coco, 16, 16, seed=1).evaluation
 
 
-def test_manifest_records_the_captions(coco):
+def test_manifest_records_the_captions(coco_file, coco):
     splits = make_splits(coco, calib_size=8, eval_size=12, seed=5)
     manifest = json.loads(json.dumps(splits.manifest))  # JSON-able as it is
     assert manifest == splits.manifest
-    assert manifest["source"] == "coco" and manifest["path"] == str(COCO_FILE)
+    assert manifest["source"] == "coco" and manifest["path"] == str(coco_file)
     assert manifest["seed"] == 5 and manifest["captions_per_image"] == 1
     assert manifest["source_sha256"] == _sha([c.text for c in coco])
     for name, split in (("calibration", splits.calibration), ("evaluation", splits.evaluation)):
@@ -97,11 +134,14 @@ def test_manifest_records_the_captions(coco):
         assert entry["sha256"] == _sha([c.text for c in split])
 
 
-def test_split_larger_than_the_source_is_an_error(coco):
+def test_split_larger_than_the_source_is_an_error(coco_file, coco):
+    images = len({c.image_id for c in coco})
+    evaluation = images // 5 + 1           # 1001 of the real file's 5000 images
+    calibration = images - evaluation + 1  # one more than is left: 4000
     with pytest.raises(ValueError) as excinfo:
-        make_splits(coco, calib_size=4000, eval_size=1001)
-    _one_line_error(excinfo, str(COCO_FILE), "calibration split of 4000 images",
-                    "(3999 images left for calibration)")
+        make_splits(coco, calib_size=calibration, eval_size=evaluation)
+    _one_line_error(excinfo, str(coco_file), f"calibration split of {calibration} images",
+                    f"({images - evaluation} images left for calibration)")
     with pytest.raises(ValueError) as excinfo:
         make_splits(coco, calib_size=10, eval_size=10, captions_per_image=8)  # images have 5 to 7
     _one_line_error(excinfo, "evaluation split of 10 images", "(0 images with >= 8 captions left")

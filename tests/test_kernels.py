@@ -75,8 +75,26 @@ def test_matches_torch_reference(case, dtype):
         report = compare_outputs(out, ref, bits)
         assert report.ok(), f"bits={bits}: {report}"
         if dtype == torch.float32:  # fp32 in: the native torch path is the reference itself
-            native = torch_transform_quantize(x, mu, inv_scale, rotation, bits)
+            native = torch_transform_quantize(x, mu, inv_scale, rotation, bits, compute_dtype=None)
             assert compare_outputs(out, native, bits).ok()
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("case", ["1152-full", "4608-block128-signs", "1152-none"])
+def test_min_anchored_grid_matches_torch_reference(case, dtype):
+    channels, block, signs, center, scale = CASES[case]
+    x, mu, inv_scale = make_inputs(channels, dtype, center, scale)
+    x[0, 0] = torch.rand(channels).to(dtype) + 1  # a token that does not straddle 0
+    rotation = make_rotation(channels, block, signs) if block != 0 else None
+    for bits in (2, 4, 8):
+        for grid in ("min_anchored", "zero_point"):
+            out = run_poisoned(x, mu, inv_scale, rotation, bits, grid=grid)
+            ref = torch_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid)
+            report = compare_outputs(out, ref, bits)
+            assert report.ok(), f"bits={bits} grid={grid}: {report}"
+        assert not torch.equal(run_poisoned(x, mu, inv_scale, rotation, bits, grid="min_anchored"), out)
 
 
 @needs_triton
@@ -107,15 +125,16 @@ def test_several_rows_per_program_and_a_ragged_tail():
 
 @needs_triton
 @needs_interpreter
-def test_constant_row_nan_row_and_shapes():
+@pytest.mark.parametrize("grid", ["zero_point", "min_anchored"])
+def test_constant_row_nan_row_and_shapes(grid):
     x, _, _ = make_inputs(128, torch.float32, False, False, samples=1, tokens=4)
-    x[0, 1] = 1.5                      # constant token: step 0, reproduced exactly
+    x[0, 1] = 1 / 3                    # constant token: reproduced exactly
     x[0, 2, 7] = float("nan")          # a NaN token: the whole token must come out NaN
-    out = run_poisoned(x, None, None, None, 4)
+    out = run_poisoned(x, None, None, None, 4, grid=grid)
     assert torch.equal(out[0, 1], x[0, 1])
     assert torch.isnan(out[0, 2]).all()
     ok = [0, 3]
-    assert compare_outputs(out[:, ok], torch_transform_quantize(x[:, ok], bits=4), 4).ok()
+    assert compare_outputs(out[:, ok], torch_transform_quantize(x[:, ok], bits=4, grid=grid), 4).ok()
     # 2-D input (one sample), a (C,) mean, and a non-contiguous input.
     x2 = torch.randn(6, 256, dtype=torch.float64)[:, ::2].float()
     rot = HadamardRotation(128, random_signs=True)
@@ -153,6 +172,55 @@ def test_reference_is_the_transformed_linear_path():
     mu = x.mean(dim=-2, keepdim=True)
     got = torch_transform_quantize(x, mu, group.inv_scale, group.rotation, 4)
     assert torch.equal(got, group.online(x, mu, 4))
+
+
+def test_torch_path_computes_in_float32():
+    # bf16 in: centre, scale, rotate and quantize in fp32, one rounding at the end (issue 11)
+    x, mu, inv_scale = make_inputs(192, torch.bfloat16, True, True, tokens=16)
+    rotation = HadamardRotation(192, random_signs=True)
+    got = torch_transform_quantize(x, mu, inv_scale, rotation, 6)
+    want = torch_transform_quantize(x.float(), mu.float(), inv_scale.float(), rotation, 6)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.bfloat16())
+    native = torch_transform_quantize(x, mu, inv_scale, rotation, 6, compute_dtype=None)
+    assert not torch.equal(native, got)  # the earlier bf16-throughout path differs
+
+
+compiler = pytest.mark.skipif(not __import__("shutil").which("c++"),
+                              reason="torch.compile on the CPU needs a C++ compiler")
+
+
+@compiler
+def test_compiled_kernel_is_the_torch_path_bit_for_bit():
+    """``--kernel compile``: one shape, both grids, fp32 (bit-identical) and bf16 (the same
+    fp32 computation, one rounding: within compare_outputs' tolerance)."""
+    from benchmark.kernels.compiled import compiled_transform_quantize
+
+    rotation = HadamardRotation(192, random_signs=True)  # H12 (x) H16, the embedded width
+    for dtype in (torch.float32, torch.bfloat16):
+        x, mu, inv_scale = make_inputs(192, dtype, True, True, tokens=8)
+        for grid in ("zero_point", "min_anchored"):
+            got = compiled_transform_quantize(x, mu, inv_scale, rotation, 4, grid=grid)
+            want = torch_transform_quantize(x, mu, inv_scale, rotation, 4, grid=grid)
+            if dtype == torch.float32:
+                assert torch.equal(got, want), grid
+            else:
+                assert got.dtype == dtype and compare_outputs(got, want, 4).ok()
+
+
+@compiler
+def test_transformed_linear_on_the_compiled_kernel():
+    group = _hadanorm_group(192)
+    x = torch.randn(2, 7, 192) + 3 * torch.randn(192)
+    want = group(x)[0]
+    assert group.use_kernel("compile").describe()["kernel"] == "compile"
+    assert torch.equal(group(x)[0], want)
+
+
+def test_compile_kernel_needs_a_compiler(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ValueError, match="cannot run on cpu.*C\\+\\+ compiler"):
+        resolve_kernel("compile", "cpu")
 
 
 def test_kernel_choice():

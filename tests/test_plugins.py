@@ -66,8 +66,8 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     _install_distribution(tmp_path, monkeypatch, "thirdparty_rotate", """
         from benchmark import AffineTransform
         def rotate_only(seed: int = 3):
-            '''Hadamard without random signs.'''
-            return AffineTransform(name="rotate_only", rotation="full", seed=seed)
+            '''Hadamard with its own random signs.'''
+            return AffineTransform(name="rotate_only", rotation="full", random_signs=True, seed=seed)
     """, "rotate_only = thirdparty_rotate:rotate_only")
     entry = transforms()["rotate_only"]
     assert entry.source == "entry point (thirdparty)" and entry.defaults == {"seed": 3}
@@ -106,3 +106,139 @@ def test_cli(capsys):
     assert main(["validate", "no-such-transform"]) == 2
     assert "neither a plugin" in capsys.readouterr().err
     assert main(["validate", "hadanorm", "--param", "alpha=0.3"]) == 0
+
+
+# -- exactness, shapes and NaN (benchmark/exactness.py, shared by validate and run) --------
+
+def test_validate_reports_nan_as_non_finite_not_as_nondeterminism():
+    load_plugin_file(PLUGINS / "failing.py")
+    checks = {c.name: c for c in validate_transform("makes_nan")}
+    assert checks["deterministic"].passed  # NaN every time is deterministic
+    assert not checks["exact at fp"].passed and "non-finite" in checks["exact at fp"].detail
+    assert not checks["quantizes"].passed and "non-finite" in checks["quantizes"].detail
+
+
+def test_wrong_output_width_names_the_group_and_both_shapes():
+    from benchmark.exactness import exactness_error
+
+    load_plugin_file(PLUGINS / "wrong_width.py")
+    layers = [nn.Linear(16, 8), nn.Linear(16, 4)]
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match=r"blocks\.3\.ffn_up: output 0 has shape \(2, 5, 7\), expected \(2, 5, 8\)"):
+        exactness_error(create_transform("wrong_width"), layers, None, x, "blocks.3.ffn_up")
+    checks = {c.name: c for c in validate_transform("wrong_width")}
+    assert "has shape" in checks["exact at fp"].detail and "expected" in checks["handles shapes"].detail
+
+
+# -- parameters are checked against the factory's signature -------------------------------
+
+@pytest.mark.parametrize("name, params, message", [
+    ("hadanorm", {"bogus": 1}, "has no parameter 'bogus'"),
+    ("quarot", {"seed": 1.5}, "seed=1.5 is a float, expected int"),
+    ("quarot", {"seed": True}, "seed=True is a bool, expected int"),
+    ("hadanorm", {"block_size": "<script>alert(1)</script>"}, "block_size='<script>alert(1)</script>' is a str"),
+    ("hadanorm", {"alpha": "abc"}, "alpha must be a number"),
+    ("smoothquant", {"alpha": [0.5]}, "expected float or str"),
+    ("sdcb", {"alpha": 2}, "alpha must be in"),
+    # parameters that would change nothing are refused, not recorded as if they had
+    ("hadanorm", {"block_size": 64}, "block_size=64 has no effect"),
+    ("quarot", {"block_size": 64}, "block_size=64 has no effect"),
+])
+def test_bad_parameters_are_refused(name, params, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        create_transform(name, **params)
+
+
+def test_affine_transform_refuses_parameters_without_effect():
+    from benchmark import AffineTransform
+
+    with pytest.raises(ValueError, match="seed=3 has no effect"):
+        AffineTransform(rotation="full", seed=3)
+    with pytest.raises(ValueError, match="correction='exact' has no effect"):
+        AffineTransform(correction="exact")
+    with pytest.raises(ValueError, match="block_size must be a positive integer"):
+        AffineTransform(rotation="block", block_size=0)
+    AffineTransform(rotation="block", block_size=64, random_signs=True, seed=3, center=True, correction="exact")
+
+
+def test_untyped_factories_are_checked_against_their_defaults(tmp_path):
+    plugin = tmp_path / "untyped.py"
+    plugin.write_text("from benchmark import AffineTransform\n"
+                      "def untyped(seed=0, note=None):\n"
+                      "    return AffineTransform(name='untyped', rotation='full', random_signs=True, seed=seed)\n"
+                      "TRANSFORMS = {'untyped': untyped}\n")
+    load_plugin_file(plugin)
+    create_transform("untyped", seed=2, note="anything")  # a None default says nothing about the type
+    with pytest.raises(ValueError, match="seed='x' is a str, expected int"):
+        create_transform("untyped", seed="x")
+
+
+@pytest.mark.parametrize("name", registry.BASELINES)
+def test_baselines_accept_their_own_defaults(name):
+    entry = transforms()[name]
+    assert create_transform(name, **entry.defaults).config() == create_transform(name).config()
+
+
+@pytest.mark.parametrize("param", ["alpha=2", "bogus=1", "alpha=abc", "block_size=64"])
+def test_validate_bad_param_exits_2_with_one_line(capsys, param):
+    assert main(["validate", "hadanorm", "--param", param]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("hadabench: error: transform 'hadanorm'")
+
+
+# -- ls and microbench take --plugin -----------------------------------------------------
+
+def test_ls_lists_a_plugin_file_with_its_source(capsys):
+    assert main(["ls", "--plugin", str(PLUGINS / "lowrank.py")]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| lowrank"))
+    assert f"file {PLUGINS / 'lowrank.py'}" in line and "rank=8" in line
+
+
+def test_microbench_times_a_plugin(capsys, monkeypatch):
+    import benchmark.microbench as microbench
+
+    monkeypatch.setattr(microbench, "SHAPES", [(64, 32)])  # the real ones take minutes here
+    assert main(["microbench", "--plugin", str(PLUGINS / "lowrank.py"), "--transforms", "none,lowrank",
+                 "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "lowrank w4a4" in out and "none w4a4" in out and "quarot w4a4" not in out
+    assert main(["microbench", "--transforms", "nosuch"]) == 2
+
+
+# -- the README's example plugin --------------------------------------------------------
+
+def test_lowrank_example_handles_bias_free_linears_and_the_weight_grid():
+    from benchmark import Precision, quantize_weight
+
+    load_plugin_file(PLUGINS / "lowrank.py")
+    linears = [nn.Linear(64, 32, bias=False), nn.Linear(64, 16)]
+    x = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        exact = quantize_linear(linears, "lowrank", "fp", rank=4)(x)
+        assert all(torch.allclose(o, lin(x), atol=1e-5) for o, lin in zip(exact, linears))
+        alone = quantize_linear(nn.Linear(64, 32, bias=False), "lowrank", "fp", rank=4)
+        assert alone.group.bias is None
+        precision = Precision(4, 4, weight_block=16, weight_symmetric=True)
+        group = create_transform("lowrank", rank=4).quantize(linears, precision, None)
+        weight = torch.cat([lin.weight for lin in linears]).double()
+        u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+        residual = (weight - (u[:, :4] * s[:4]) @ vh[:4]).float()
+        assert torch.equal(group.residual, quantize_weight(residual, 4, 16, True))
+        assert not torch.equal(group.residual, quantize_weight(residual, 4))  # the grid matters
+
+
+def test_the_runs_check_is_bounded_and_nan_is_the_worst_error():
+    from benchmark import CalibrationStats
+    from benchmark.exactness import CHECK_TOKENS, calibration_tokens, summarize
+
+    stats = CalibrationStats.from_activations(torch.randn(10, 100, 8))
+    assert calibration_tokens(stats).shape == (CHECK_TOKENS // 100, 100, 8)
+    long = CalibrationStats.from_activations(torch.randn(3, 2000, 8))
+    assert calibration_tokens(long).shape == (1, CHECK_TOKENS, 8)  # one sample, cut
+    stats.sample = None
+    with pytest.raises(ValueError, match="needs calibration activations"):
+        calibration_tokens(stats)
+    summary = summarize({"a": 1e-7, "b": float("nan"), "c": 0.5})
+    assert summary["group"] == "b" and summary["exact"] is False
+    assert summarize({"a": 1e-7, "b": 2e-6})["exact"] is True

@@ -1,15 +1,21 @@
 import pytest
 import torch
 
-from benchmark.quant import Precision, quantize_activation, quantize_weight
+from benchmark.quant import GRIDS, Precision, quantize_activation, quantize_weight
 
 
 @pytest.mark.parametrize("name, w, a", [("w4a4", 4, 4), ("w6a6", 6, 6), ("W8A8", 8, 8),
-                                        ("w4a8", 4, 8), ("w2a3", 2, 3)])
+                                        ("w4a8", 4, 8), ("w2a3", 2, 3), ("a4", None, 4),
+                                        ("a6", None, 6), ("w4", 4, None)])
 def test_precision_parse(name, w, a):
     p = Precision.parse(name)
     assert (p.weight_bits, p.activation_bits) == (w, a)
     assert Precision.parse(p.name) == p
+
+
+def test_precision_one_side_names():
+    assert Precision.parse("a4").name == "a4" and Precision.parse("w4").name == "w4"
+    assert Precision(None, 4, weight_block=64).name == "a4"  # no weight grid to name
 
 
 def test_precision_fp():
@@ -17,42 +23,89 @@ def test_precision_fp():
     assert p.weight_bits is None and p.activation_bits is None and p.name == "fp"
 
 
-@pytest.mark.parametrize("bad", ["w4", "w1a4", "w4a9", "w16a16", "int4", "", "w4a4x"])
+@pytest.mark.parametrize("bad", ["a0", "w0", "a1", "w1a4", "w4a9", "w16a16", "int4", "", "w4a4x",
+                                 "a4w4", "wa4", "a"])
 def test_precision_rejects(bad):
     with pytest.raises(ValueError, match="unknown precision"):
         Precision.parse(bad)
 
 
+@pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("bits", [2, 4, 6, 8])
-def test_activation_error_at_most_half_step(bits):
+def test_activation_error_at_most_half_step(bits, grid):
     x = torch.randn(16, 50, 96) * torch.rand(96) * 10 + 3
-    q = quantize_activation(x, bits)
-    step = (x.amax(-1, keepdim=True) - x.amin(-1, keepdim=True)) / (2**bits - 1)
+    x[:4] += 40  # tokens that do not straddle 0
+    q = quantize_activation(x, bits, grid)
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    if grid == "zero_point":
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    step = (hi - lo) / (2**bits - 1)
     assert q.dtype == x.dtype and q.shape == x.shape
     assert ((q - x).abs() <= step / 2 * (1 + 1e-5) + 1e-6).all()
-    # per token: the token's own min and max are on its grid
-    assert torch.allclose(q.amin(-1), x.amin(-1)) and torch.allclose(q.amax(-1), x.amax(-1))
+    if grid == "min_anchored":  # per token: the token's own min and max are on its grid
+        assert torch.allclose(q.amin(-1), x.amin(-1)) and torch.allclose(q.amax(-1), x.amax(-1))
+    else:  # an integer grid through 0: every value a whole number of steps
+        k = q / step
+        assert (k - k.round()).abs().max() < 1e-3
     # at most 2^bits distinct values per token
     assert max(len(torch.unique(row)) for row in q.reshape(-1, 96)) <= 2**bits
 
 
+def test_zero_point_grid_keeps_zero_and_differs_from_min_anchored():
+    x = torch.randn(64, 96) * 3 + 0.5
+    x[:, 7] = 0.0
+    q = quantize_activation(x, 4, "zero_point")
+    assert torch.equal(q[:, 7], torch.zeros(64))  # 0 is on the grid
+    assert not torch.equal(q, quantize_activation(x, 4, "min_anchored"))
+    assert (quantize_activation(x, 4, "min_anchored")[:, 7] != 0).any()  # not on that grid
+
+
+def test_zero_point_grid_by_hand():
+    # min -1, max 2 at 2 bits: step 1, zero 1; 0.4 -> 0, 0.6 -> 1, 1.5 -> 2 (half to even)
+    x = torch.tensor([[-1.0, 2.0, 0.4, 0.6, 1.5, -0.5]])
+    assert torch.equal(quantize_activation(x, 2, "zero_point"),
+                       torch.tensor([[-1.0, 2.0, 0.0, 1.0, 2.0, -0.0]]))
+    # all positive: the range widens to [0, 3], step 1
+    y = torch.tensor([[1.0, 3.0, 2.4]])
+    assert torch.equal(quantize_activation(y, 2, "zero_point"), torch.tensor([[1.0, 3.0, 2.0]]))
+    assert torch.allclose(quantize_activation(y, 2, "min_anchored"), torch.tensor([[1.0, 3.0, 7 / 3]]))
+
+
+def test_unknown_grid():
+    with pytest.raises(ValueError, match="unknown grid"):
+        quantize_activation(torch.randn(2, 8), 4, "nearest")
+    with pytest.raises(ValueError, match="unknown grid"):
+        Precision(4, 4, grid="nearest")
+
+
+def test_precision_grid_name():
+    assert Precision(4, 4).grid == "zero_point" and Precision(4, 4).name == "w4a4"
+    assert Precision(4, 4, grid="min_anchored").name == "w4a4-minanchored"
+
+
+@pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("bits", [3, 4, 8])
-def test_values_on_the_grid_survive(bits):
-    lo, step = -1.25, 0.5
+def test_values_on_the_grid_survive(bits, grid):
+    step = 0.5
     levels = torch.randint(0, 2**bits, (8, 64)).float()
     levels[:, 0], levels[:, 1] = 0, 2**bits - 1  # the grid's ends fix min and max
-    x = lo + levels * step
-    assert torch.equal(quantize_activation(x, bits), x)
-    q = quantize_activation(torch.randn(8, 64), bits)
-    assert torch.allclose(quantize_activation(q, bits), q, atol=1e-6)  # idempotent
+    # min-anchored: lo + k * step; zero point: (k - zero) * step with an integer zero
+    x = -1.25 + levels * step if grid == "min_anchored" else (levels - 3) * step
+    assert torch.equal(quantize_activation(x, bits, grid), x)
+    q = quantize_activation(torch.randn(8, 64), bits, grid)
+    assert torch.allclose(quantize_activation(q, bits, grid), q, atol=1e-6)  # idempotent
 
 
-def test_constant_and_zero_tokens_are_exact():
+@pytest.mark.parametrize("grid", GRIDS)
+def test_constant_and_zero_tokens_are_exact(grid):
     x = torch.full((3, 5, 32), 0.7)
     x[1] = 0.0
     x[2, :, :] = -123.456
-    assert torch.equal(quantize_activation(x, 4), x)
-    assert torch.equal(quantize_weight(torch.zeros(4, 300), 4), torch.zeros(4, 300))
+    x[0, 1, :] = 1 / 3
+    assert torch.equal(quantize_activation(x, 4, grid), x)
+    assert torch.equal(quantize_weight(torch.zeros(4, 300), 4, grid=grid), torch.zeros(4, 300))
+    w = torch.full((4, 256), 0.1)
+    assert torch.equal(quantize_weight(w, 4, grid=grid), w)
 
 
 def test_nan_raises():

@@ -56,7 +56,9 @@ def results_doc(sqnr=(1.0, 2.0), status="ok", config=None):
                                               "clip_iqa": {"value": 0.5}},
                                   "per_sample": {}, "groups": {}, "timings": {}}
     return {"schema": SCHEMA, "config": config.to_json(), "config_hash": config.hash(),
-            "environment": {"hadabench": "0", "device": "cpu"}, "captions": {"sha256": "x"},
+            "environment": {"hadabench": "0", "device": "cpu", "numerics": {"mode": "pinned"}},
+            "captions": {"sha256": "x"},
+            "model": {"weights_sha256": "0" * 64},
             "metric_setup": {"clip_score": {"status": "not computed", "reason": "no weights"}},
             "reference": {"metrics": {"clip_score": {"value": None}, "clip_iqa": {"value": 0.9}}},
             "cells": cells, "grids": {}}
@@ -115,12 +117,57 @@ def test_check_refuses_another_configuration(tmp_path, capsys):
 def test_leaderboard_markdown(tmp_path):
     write_json(tmp_path / "results.json", results_doc(sqnr=(1.0, 2.5)))
     text = render([tmp_path / "results.json"], tmp_path / "README.md")
-    assert "## embedded · w4a4" in text
+    assert "## embedded" in text and "### w4a4 · run `.`" in text
     assert "| hadanorm" in text and "**2.50**" in text and "n/a" in text
-    assert "clip_score** not computed: no weights" in text
+    assert "clip\\_score** not computed: no weights" in text  # escaped: results files are untrusted
     assert "paper" not in text  # the paper's numbers only stand next to PixArt-Sigma's
     config = RunConfig(model="PixArt-alpha/PixArt-Sigma-XL-2-512-MS", precisions=["w4a4"],
                        transforms=parse_transforms("none,hadanorm")).validate()
     write_json(tmp_path / "pixart.json", results_doc(config=config))
     text = render([tmp_path / "pixart.json"], tmp_path / "README.md")
     assert "paper SQNR (dB)" in text and "0.92" in text and "31.69" in text
+
+
+def test_check_names_the_hashed_keys_that_differ_never_out(tmp_path, capsys):
+    base = RunConfig(precisions=["w4a4"], transforms=parse_transforms("none,hadanorm")).validate()
+    other = RunConfig(precisions=["w4a4"], steps=3, out="elsewhere", kernel="torch",
+                      transforms=parse_transforms("none,hadanorm")).validate()
+    with pytest.raises(ValueError, match=r"hashed keys that differ: steps\)") as error:
+        compare(results_doc(config=other), {**results_doc(config=base), "tolerance": DEFAULT_TOLERANCE})
+    assert "out" not in str(error.value).replace("without", "")
+    # out, kernel and the transform list are not hashed: these compare
+    moved = RunConfig(precisions=["w4a4"], out="elsewhere", transforms=parse_transforms("none,hadanorm")).validate()
+    assert moved.hash() == base.hash()
+    # a hash written under another definition, with no hashed key differing, says so
+    stale = {**results_doc(config=base), "config_hash": "0" * 16}
+    with pytest.raises(ValueError, match="no hashed key differs"):
+        compare(stale, {**results_doc(config=base), "tolerance": DEFAULT_TOLERANCE})
+
+
+def test_hash_ignores_the_transform_list_but_not_allow_inexact():
+    one = RunConfig(transforms=parse_transforms("none")).validate()
+    assert one.hash() == RunConfig(transforms=parse_transforms("none,my_plugin")).validate().hash()
+    assert one.hash() != RunConfig(transforms=parse_transforms("none"), allow_inexact=True).validate().hash()
+    with pytest.raises(ValueError, match="allow_inexact must be true or false"):
+        RunConfig(allow_inexact="yes").validate()
+
+
+def test_check_does_not_count_baseline_rows_the_run_did_not_include(tmp_path):
+    """A plugin row added to the published baseline is no regression of a run of the others."""
+    baseline = {**results_doc(), "tolerance": DEFAULT_TOLERANCE}
+    run = results_doc()
+    del run["cells"]["w4a4/hadanorm"]
+    run["config"]["transforms"] = [{"name": "none", "params": {}}]
+    regressions, table = compare(run, baseline)
+    assert regressions == [] and "not in this run's transforms" in table
+    run["config"]["transforms"].append({"name": "hadanorm", "params": {}})  # configured, yet missing
+    assert compare(run, baseline)[0] == ["w4a4/hadanorm: missing from the run"]
+
+
+def test_leaderboard_marks_a_row_run_with_allow_inexact(tmp_path):
+    doc = results_doc(sqnr=(1.0, 2.5))
+    doc["cells"]["w4a4/hadanorm"]["exactness"] = {"worst_relative_error": 0.0085, "exact": False}
+    doc["cells"]["w4a4/none"]["exactness"] = {"worst_relative_error": 0.0, "exact": True}
+    write_json(tmp_path / "results.json", doc)
+    text = render([tmp_path / "results.json"], tmp_path / "README.md")
+    assert "| hadanorm (NOT EXACT at fp: relative error 8.5e-03)" in text and "| none " in text

@@ -54,8 +54,8 @@ def test_leaderboard_and_check_on_a_run(finished, tmp_path, capsys):
     board = tmp_path / "README.md"
     assert main(["leaderboard", str(finished.parent), "-o", str(board)]) == 0
     text = board.read_text()
-    assert "## embedded · w4a4" in text and "| hadanorm" in text
-    assert "grid_w4a4.png" in text and "clip_score" in text  # not computed, with the reason
+    assert "## embedded" in text and "### w4a4 · run" in text and "| hadanorm" in text
+    assert "grid_w4a4.png" in text and "clip\\_score" in text  # not computed, with the reason (escaped)
     assert main(["check", str(finished), "--baseline", str(finished / "results.json")]) == 0
     assert "no regression" in capsys.readouterr().out
 
@@ -150,3 +150,78 @@ def test_resume_refuses_results_of_other_weights(finished, tmp_path, capsys):
                  "--precisions", "w4a4,fp", "--transforms", "none,hadanorm"])
     assert code == 2 and "results of other model" in capsys.readouterr().err
     assert (out / "results.json").read_bytes() == before
+
+
+def test_an_inexact_plugin_fails_its_cell_and_never_ranks(tmp_path, capsys):
+    """tests/plugins/inexact.py rotates without folding: exact at fp it is not."""
+    out = tmp_path / "run"
+    code = run(out, "--steps", "2", "--precisions", "w4a4", "--transforms", "none,inexact,wrong_width",
+               "--plugin", str(PLUGINS / "inexact.py"), "--plugin", str(PLUGINS / "wrong_width.py"))
+    assert code == 1
+    results = read_results(out)
+    cells = results["cells"]
+    inexact = cells["w4a4/inexact"]
+    assert inexact["status"] == "failed" and inexact["reason"].startswith("NotExact: not exact at full precision: "
+                                                                         "transformer_blocks.")
+    assert inexact["exactness"]["exact"] is False and inexact["exactness"]["worst_relative_error"] > 1e-3
+    assert inexact["exactness"]["group"] in inexact["reason"] and inexact["metrics"] == {}
+    assert all(g["exact_error"] > 0 for g in inexact["groups"].values())
+    assert inexact["source"] == f"file {PLUGINS / 'inexact.py'}" and inexact["code"].startswith("sha256:")
+    wrong = cells["w4a4/wrong_width"]  # a wrong shape: the group, the expected and the actual shape
+    assert wrong["status"] == "failed" and "output 0 has shape" in wrong["reason"] and "expected" in wrong["reason"]
+    assert "transformer_blocks.0.self_attn_qkv" in wrong["reason"]
+    none = cells["w4a4/none"]  # the other cells are unaffected
+    assert none["status"] == "ok" and none["exactness"]["exact"] and none["exactness"]["worst_relative_error"] == 0
+    assert all(g["exact_error"] == 0 for g in none["groups"].values()) and "precision" in none["groups"][
+        "transformer_blocks.0.ffn_up"]
+    board = tmp_path / "README.md"
+    assert main(["leaderboard", str(out), "-o", str(board)]) == 0
+    row = next(l for l in board.read_text().splitlines() if l.startswith("| inexact"))
+    assert "failed: NotExact" in row  # a failed row, no numbers to rank
+
+    # --allow-inexact: the same transform runs, recorded and marked (another configuration)
+    capsys.readouterr()
+    marked = tmp_path / "marked"
+    assert run(marked, "--steps", "2", "--precisions", "w4a4", "--transforms", "inexact", "--allow-inexact",
+               "--plugin", str(PLUGINS / "inexact.py")) == 0
+    results = read_results(marked)
+    assert results["config"]["allow_inexact"] is True
+    cell = results["cells"]["w4a4/inexact"]
+    assert cell["status"] == "ok" and cell["exactness"]["exact"] is False and "sqnr_db" in cell["metrics"]
+    assert "INEXACT at fp" in capsys.readouterr().err
+    assert main(["leaderboard", str(marked), "-o", str(board)]) == 0
+    assert "| inexact (NOT EXACT at fp: relative error" in board.read_text()
+
+
+def test_adding_one_transform_to_a_finished_run_reruns_nothing_else(finished, tmp_path, capsys):
+    """The published leaderboard takes one more row: resume with only the new transform."""
+    import shutil
+
+    out = tmp_path / "board"
+    shutil.copytree(finished, out)
+    before = read_results(out)
+    plugin = tmp_path / "signed.py"
+    plugin.write_text("from benchmark import AffineTransform\n"
+                      "def signed():\n"
+                      "    '''Hadamard with its own random signs.'''\n"
+                      "    return AffineTransform(name='signed', rotation='full', random_signs=True, seed=7)\n"
+                      "TRANSFORMS = {'signed': signed}\n")
+    capsys.readouterr()
+    assert run(out, "--precisions", "w4a4,fp", "--transforms", "signed", "--plugin", str(plugin)) == 0
+    after = read_results(out)
+    assert list(after["cells"]) == list(before["cells"]) + ["w4a4/signed", "fp/signed"]
+    for key, cell in before["cells"].items():
+        assert after["cells"][key] == cell  # kept as they were, not recomputed
+    assert after["config_hash"] == before["config_hash"]
+    assert [t["name"] for t in after["config"]["transforms"]] == ["none", "hadanorm", "signed"]
+    assert after["config"]["plugins"] == [str(plugin)]
+    assert after["cells"]["fp/signed"]["metrics"]["sqnr_db"]["value"] > 80
+    assert "done before (ok), skipped" not in capsys.readouterr().err  # only the requested transforms ran
+
+    # the plugin's code changes: its own cells are computed again, the others stay
+    plugin.write_text(plugin.read_text().replace("seed=7", "seed=8"))
+    assert run(out, "--precisions", "w4a4,fp", "--transforms", "signed,none", "--plugin", str(plugin)) == 0
+    again = read_results(out)
+    assert again["cells"]["w4a4/signed"]["code"] != after["cells"]["w4a4/signed"]["code"]
+    assert again["cells"]["w4a4/none"] == before["cells"]["w4a4/none"]
+    assert "w4a4/signed: its code changed" in capsys.readouterr().err

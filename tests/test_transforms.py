@@ -107,7 +107,7 @@ def test_unknown_names_and_parameters():
     with pytest.raises(ValueError, match="correction must be one of"):
         create_transform("hadanorm", correction="magic")
     with pytest.raises(ValueError, match="unknown precision"):
-        quantize_linear(lin, "none", "w4")
+        quantize_linear(lin, "none", "a0")
 
 
 def test_smoothquant_scale_rule():

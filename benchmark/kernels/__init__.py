@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..hadamard import HadamardRotation
-from ..quant import MAX_BITS, MIN_BITS, quantize_activation
+from ..hadamard import HadamardRotation, apply_factors
+from ..quant import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_quantize
 from .plan import TileLayout, plan_layout
 
 __all__ = [
     "KERNELS", "MatchReport", "resolve_kernel", "compare_outputs", "fused_supported", "fused_transform_quantize",
-    "interpreting", "torch_transform_quantize", "triton_available",
+    "interpreting", "online_function", "torch_transform_quantize", "triton_available",
 ]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -41,17 +41,25 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-KERNELS = ("auto", "torch", "triton")
+KERNELS = ("auto", "torch", "triton", "compile")
 
 
 def resolve_kernel(kernel: str, device: torch.device | str) -> str:
-    """The path the online transform takes on ``device``: "torch" or "triton".
+    """The path the online transform takes on ``device``: "torch", "triton" or "compile".
 
-    "auto" is triton on CUDA when triton is installed, torch elsewhere; "triton" where it
-    cannot run is an error, never a silent fallback."""
+    "auto" is triton on CUDA when triton is installed, torch elsewhere; "compile" is the
+    torch path under torch.compile (``kernels.compiled``). A path that cannot run on
+    ``device`` is an error, never a silent fallback."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: use {', '.join(KERNELS)}")
     device = torch.device(device)
+    if kernel == "compile":
+        from .compiled import compile_available
+
+        ok, why = compile_available(device)
+        if not ok:
+            raise ValueError(f"kernel 'compile' cannot run on {device}: {why}")
+        return kernel
     runnable = triton_available() and (device.type == "cuda" or (interpreting() and device.type == "cpu"))
     if kernel == "triton" and not runnable:
         raise ValueError(f"kernel 'triton' cannot run on {device}: it needs triton and a CUDA device "
@@ -95,6 +103,7 @@ def fused_transform_quantize(
     out: torch.Tensor | None = None,
     precision: str | None = None,
     rows_per_prog: int | None = None,
+    grid: str = DEFAULT_GRID,
 ) -> torch.Tensor:
     """quantize(R diag(inv_scale) (x - mu)) over the last dimension, in one kernel.
 
@@ -106,8 +115,11 @@ def fused_transform_quantize(
     precision: how the rotation's dots keep fp32 accuracy: "split3" (default: the
                data split exactly into three tf32 parts, the +-1 matrix exact in tf32),
                "tf32x3" or "ieee" (no tensor cores). Plain "tf32" would lose bits.
+    grid:      the quantization grid, one of ``quant.GRIDS``.
     """
     _check(x, mu, inv_scale, rotation, bits)
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}: use {' or '.join(GRIDS)}")
     if not triton_available():
         raise RuntimeError("triton is not installed; use torch_transform_quantize (backend='torch')")
     if not (x.is_cuda or (interpreting() and x.device.type == "cpu")):
@@ -143,7 +155,7 @@ def fused_transform_quantize(
         scale = inv_scale.to(x.device)
         scale = scale if scale.is_contiguous() else scale.contiguous()
     triton_kernels.launch(x2, out.view(-1, channels), mu2, scale, layout, rows_per_sample,
-                          bits, precision, rows_per_prog)
+                          bits, precision, rows_per_prog, grid)
     return out
 
 
@@ -154,25 +166,47 @@ def torch_transform_quantize(
     rotation: HadamardRotation | None = None,
     bits: int | None = None,
     *,
-    compute_dtype: torch.dtype | None = None,
+    grid: str = DEFAULT_GRID,
+    compute_dtype: torch.dtype | None = torch.float32,
 ) -> torch.Tensor:
     """The reference, and ``TransformedLinear``'s torch path: centre, scale, rotate, then
-    ``quantize_activation``, with the project's torch code. ``compute_dtype`` (e.g.
-    torch.float32) upcasts x, mu and inv_scale first and casts the result back to x's dtype:
-    the fused kernel's numerics. None: the native-dtype torch path."""
+    quantize per token on ``grid``, with the project's torch code.
+
+    Computes in ``compute_dtype`` (float32 by default: x, mu and inv_scale are upcast, the
+    result is cast back to x's dtype once, the fused kernel's numerics); None computes in
+    x's own dtype, rounding after every step (the project's earlier bf16/fp16 path).
+    After the first step every operation works in place on one buffer of its own."""
     dtype = x.dtype
-    if compute_dtype is not None:
+    if compute_dtype is not None and dtype != compute_dtype:
         x = x.to(compute_dtype)
         mu = None if mu is None else mu.to(compute_dtype)
         inv_scale = None if inv_scale is None else inv_scale.to(compute_dtype)
-    h = x - mu if mu is not None else x
-    if inv_scale is not None:
-        h = h * inv_scale if mu is None else h.mul_(inv_scale)  # x - mu is a fresh buffer
+    factors = signs = None
     if rotation is not None:
-        h = rotation(h)
+        if x.shape[-1] != rotation.size:
+            raise ValueError(f"rotation of size {rotation.size} applied to {x.shape[-1]} channels")
+        factors, signs = rotation._cast_like(x)
+    # The random signs join the per-channel scale: one pass (times +-1 is exact, so the
+    # bits are those of scaling, then the signs, then the factors).
+    multiplier = inv_scale if signs is None else signs if inv_scale is None else inv_scale * signs
+    h = x - mu if mu is not None else x
+    if multiplier is not None:
+        h = h * multiplier if h is x else h.mul_(multiplier)
+    if factors is not None:
+        h = apply_factors(h, factors, None, rotation.block)
     if bits is not None:
-        h = quantize_activation(h, bits)
+        _check_bits(bits)
+        h = fake_quantize(h, bits, grid, inplace=h is not x)
     return h.to(dtype)
+
+
+def online_function(kernel: str):
+    """The function that runs the online part for a resolved kernel name."""
+    if kernel == "compile":
+        from .compiled import compiled_transform_quantize
+
+        return compiled_transform_quantize
+    return {"torch": torch_transform_quantize, "triton": fused_transform_quantize}[kernel]
 
 
 @dataclass

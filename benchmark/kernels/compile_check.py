@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             const = dict(R=layout.rows, M=layout.cols, RP=layout.rows_p, MP=layout.cols_p,
                          ROWS_PER_PROG=8, HAS_MU=True, HAS_SCALE=True, HAS_SIGNS=signs,
                          HAS_LEFT=layout.left is not None, HAS_RIGHT=layout.right is not None,
-                         QUANT=True, OUT_BF16=dtype == "bf16", PRECISION="split3")
+                         QUANT=True, OUT_BF16=dtype == "bf16", PRECISION="split3", ZERO_POINT=True)
             name = f"{channels} {'none' if block == 0 else block or 'full'} {dtype}"
             try:
                 kernel = triton.compile(ASTSource(transform_quantize_kernel, sig, const),

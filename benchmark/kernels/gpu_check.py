@@ -1,6 +1,7 @@
 """The kernels' correctness checks, natively on a GPU: ``python -m benchmark.kernels.gpu_check``.
 
-One verdict line per case (size, rotation, dtype, bits, dot precision): PASS/FAIL with the
+One verdict line per case (size, rotation, dtype, bits, grid, dot precision or "compile" for
+the torch.compile path): PASS/FAIL with the
 mismatch count against the torch reference computed in float32 (the kernel's numerics; see
 ``benchmark.kernels``), and, for information, against the native-dtype torch path. Output
 buffers are filled with NaN first, so an element the kernel never writes shows up. Exit
@@ -15,7 +16,9 @@ import sys
 import torch
 
 from ..hadamard import HadamardRotation
+from ..quant import GRIDS
 from . import compare_outputs, fused_transform_quantize, torch_transform_quantize, triton_available
+from .compiled import compiled_transform_quantize
 
 # name: (channels, rotation block (None: full, 0: none), random signs, center, scale)
 CASES = {
@@ -63,6 +66,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=1024, help="tokens per sample")
     parser.add_argument("--precision", nargs="+", default=["split3", "tf32x3", "ieee"],
                         help="tl.dot input precisions to check")
+    parser.add_argument("--grid", nargs="+", default=list(GRIDS), choices=GRIDS,
+                        help="quantization grids to check")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the torch.compile path (--kernel compile)")
     parser.add_argument("--max-fraction", type=float, default=2e-3,
                         help="largest allowed fraction of one-step mismatches")
     args = parser.parse_args(argv)
@@ -74,15 +81,20 @@ def main(argv=None) -> int:
         rotation = None if block == 0 else HadamardRotation(channels, block, signs, seed=3).cuda()
         for dname, dtype in DTYPES.items():
             x, mu, inv_scale = inputs(channels, dtype, center, scale, args.samples, args.tokens)
-            for bits in BITS:
-                ref = torch_transform_quantize(x, mu, inv_scale, rotation, bits,
-                                               compute_dtype=torch.float32)
-                native = torch_transform_quantize(x, mu, inv_scale, rotation, bits)
-                for precision in args.precision if rotation is not None else args.precision[:1]:
+            for bits, grid in [(b, g) for b in BITS for g in args.grid]:
+                ref = torch_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid)
+                native = torch_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid,
+                                                  compute_dtype=None)
+                # the fused kernel at each dot precision, then the compiled torch path
+                paths = [*(args.precision if rotation is not None else args.precision[:1]), "compile"]
+                for path in paths if args.compile else paths[:-1]:
                     out = torch.full_like(x, float("nan"))
                     try:
-                        fused_transform_quantize(x, mu, inv_scale, rotation, bits, out=out,
-                                                 precision=precision)
+                        if path == "compile":
+                            out = compiled_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid)
+                        else:
+                            fused_transform_quantize(x, mu, inv_scale, rotation, bits, out=out,
+                                                     precision=path, grid=grid)
                         torch.cuda.synchronize()
                         report = compare_outputs(out, ref, bits)
                         verdict = "PASS" if report.ok(args.max_fraction) else "FAIL"
@@ -91,7 +103,7 @@ def main(argv=None) -> int:
                         verdict, detail = "FAIL", f"{type(error).__name__}: {error}"
                     failures += verdict == "FAIL"
                     label = f"a{bits}" if bits is not None else "no-quant"
-                    print(f"{verdict} {name:20s} {dname} {label:8s} {precision:7s} {detail}", flush=True)
+                    print(f"{verdict} {name:20s} {dname} {label:8s} {grid[:4]} {path:7s} {detail}", flush=True)
     print(f"{'ALL PASS' if not failures else f'{failures} FAILED'}")
     return 1 if failures else 0
 

@@ -10,7 +10,8 @@ Prints one table:
 - model rows: one denoising step of a PixArt-Sigma-sized transformer (random-init diffusers
   ``PixArtTransformer2DModel``: 28 blocks, hidden 1152 = 16 heads x 72, ``--latent`` 128 ->
   64 x 64 = 4096 image tokens at patch 2, 300 text tokens, batch 2, bf16) at full precision
-  and at W4A4 with each transform, torch path and fused path, as ratios to full precision.
+  and at W4A4 with each transform, torch path, fused path and compiled path (``--kernel
+  compile``: torch.compile, Triton from inductor), as ratios to full precision.
 
 The W4A4 model is quantized with the model adapters' own target swapping (q/k/v share one
 transform of their input, as do the cross-attention k/v); the fused path is the kernel
@@ -28,6 +29,7 @@ import torch
 from .. import CalibrationStats, HadamardRotation
 from ..models.base import ModelAdapter
 from . import fused_transform_quantize, torch_transform_quantize
+from .compiled import compiled_transform_quantize
 from .gpu_check import require_gpu
 from .plan import plan_layout
 
@@ -56,7 +58,8 @@ class _Transformer(ModelAdapter):
         return {"model": self.name}
 
 
-def swap_in(model, transform: str, params: dict, precision: str = "w4a4", fused: bool = False):
+def swap_in(model, transform: str, params: dict, precision: str = "w4a4", fused: bool = False,
+            kernel: str | None = None):
     """Quantize every target group of ``model`` (with random calibration statistics: the
     values do not matter for timing); returns a function that undoes it."""
     adapter = _Transformer(model)
@@ -65,7 +68,8 @@ def swap_in(model, transform: str, params: dict, precision: str = "w4a4", fused:
         channels = group.in_features
         stats[group.name] = CalibrationStats.from_activations(
             torch.randn(1, 64, channels, generator=torch.Generator().manual_seed(channels)))
-    adapter.quantize(transform, precision, stats, kernel="triton" if fused else "torch", **params)
+    kernel = kernel or ("triton" if fused else "torch")
+    adapter.quantize(transform, precision, stats, kernel=kernel, **params)
     return adapter.restore
 
 
@@ -116,7 +120,8 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3)
 
 
-def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float) -> list[list]:
+def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float,
+                compiled: bool = True) -> list[list]:
     rows = []
     for channels in (1152, 4608):
         gen = torch.Generator(device="cuda").manual_seed(0)
@@ -128,27 +133,29 @@ def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float) -> 
         mean_bytes = x.numel() * elt
         # mu comes from torch's mean (a reduction over tokens, before the fused pass); its
         # bandwidth columns are torch's here.
-        rows.append(["channel mean (torch)", channels, mean_ms, None, None, mean_bytes / 1e6,
+        rows.append(["channel mean (torch)", channels, mean_ms, None, None, None, mean_bytes / 1e6,
                      mean_bytes / (mean_ms * 1e-3) / 1e9, 100 * mean_bytes / (mean_ms * 1e-3) / copy_bw,
-                     None, None])
+                     None, None, None])
         for name, (center, scale, block, signs) in KERNELS.items():
             rot = None if block == 0 else HadamardRotation(channels, block, signs, seed=0).cuda()
             args = (x, mu if center else None, inv_scale if scale else None, rot, bits)
             out = torch.empty_like(x)
             torch_ms = cuda_ms(lambda: torch_transform_quantize(*args))
             fused_ms = cuda_ms(lambda: fused_transform_quantize(*args, out=out))
+            compile_ms = cuda_ms(lambda: compiled_transform_quantize(*args)) if compiled else None
             layout = plan_layout(channels, rot)
             moved = 2 * x.numel() * elt + (mu.numel() * elt if center else 0) \
                 + (channels * elt if scale else 0) + (channels * 4 if signs else 0) \
                 + 4 * ((layout.rows_p ** 2 if layout.left is not None else 0)
                        + (layout.cols_p ** 2 if layout.right is not None else 0))
             bw = moved / (fused_ms * 1e-3)
-            rows.append([f"{name} a{bits}", channels, torch_ms, fused_ms, torch_ms / fused_ms,
-                         moved / 1e6, bw / 1e9, 100 * bw / copy_bw, None, None])
+            rows.append([f"{name} a{bits}", channels, torch_ms, fused_ms, compile_ms, torch_ms / fused_ms,
+                         moved / 1e6, bw / 1e9, 100 * bw / copy_bw, None, None, None])
     return rows
 
 
-def model_rows(latent: int, layers: int, batch: int, text_tokens: int, dtype, iters: int) -> list[list]:
+def model_rows(latent: int, layers: int, batch: int, text_tokens: int, dtype, iters: int,
+               compiled: bool = True) -> list[list]:
     model = build_pixart(latent, layers).to("cuda", dtype)
     inputs = pixart_inputs(model, batch, text_tokens, "cuda", dtype)
 
@@ -157,20 +164,21 @@ def model_rows(latent: int, layers: int, batch: int, text_tokens: int, dtype, it
             model(**inputs)
 
     fp_ms = cuda_ms(step, warmup=2, iters=iters)
-    rows = [["PixArt step fp", f"{(latent // 2) ** 2} tok", fp_ms, None, None, None, None, None,
-             1.0, None]]
+    rows = [["PixArt step fp", f"{(latent // 2) ** 2} tok", fp_ms, None, None, None, None, None, None,
+             1.0, None, None]]
     for name, params in TRANSFORMS.items():
         times = {}
-        for fused in (False, True):
-            restore = swap_in(model, name, params, "w4a4", fused=fused)
+        for kernel in ("torch", "triton", "compile") if compiled else ("torch", "triton"):
+            restore = swap_in(model, name, params, "w4a4", kernel=kernel)
             try:
-                times[fused] = cuda_ms(step, warmup=2, iters=iters)
+                times[kernel] = cuda_ms(step, warmup=2, iters=iters)
             finally:
                 restore()
                 torch.cuda.empty_cache()
-        rows.append([f"PixArt step w4a4 {name}", f"{(latent // 2) ** 2} tok", times[False],
-                     times[True], times[False] / times[True], None, None, None,
-                     times[False] / fp_ms, times[True] / fp_ms])
+        comp = times.get("compile")
+        rows.append([f"PixArt step w4a4 {name}", f"{(latent // 2) ** 2} tok", times["torch"],
+                     times["triton"], comp, times["torch"] / times["triton"], None, None, None,
+                     times["torch"] / fp_ms, times["triton"] / fp_ms, comp / fp_ms if comp else None])
     return rows
 
 
@@ -184,6 +192,8 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=300)
     parser.add_argument("--iters", type=int, default=5, help="timed model steps per setting")
     parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the torch.compile path (--kernel compile)")
     args = parser.parse_args(argv)
     require_gpu()
     from tabulate import tabulate
@@ -192,11 +202,12 @@ def main(argv=None) -> int:
     copy_bw = copy_bandwidth()
     print(f"device: {torch.cuda.get_device_name()}; measured D2D copy bandwidth "
           f"{copy_bw / 1e9:.0f} GB/s; bf16", flush=True)
-    rows = kernel_rows(args.tokens, args.batch, args.bits, dtype, copy_bw)
+    rows = kernel_rows(args.tokens, args.batch, args.bits, dtype, copy_bw, args.compile)
     if not args.skip_model:
-        rows += model_rows(args.latent, args.layers, args.batch, args.text_tokens, dtype, args.iters)
-    headers = ["what", "size", "torch ms", "fused ms", "speed-up", "fused MB moved",
-               "fused GB/s", "% of copy bw", "torch / fp", "fused / fp"]
+        rows += model_rows(args.latent, args.layers, args.batch, args.text_tokens, dtype, args.iters,
+                           args.compile)
+    headers = ["what", "size", "torch ms", "fused ms", "compile ms", "fused speed-up", "fused MB moved",
+               "fused GB/s", "% of copy bw", "torch / fp", "fused / fp", "compile / fp"]
     print(tabulate(rows, headers=headers, floatfmt=".3g", missingval="-"))
     return 0
 

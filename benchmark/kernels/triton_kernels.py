@@ -85,7 +85,7 @@ def transform_quantize_kernel(
     ROWS_PER_PROG: tl.constexpr, HAS_MU: tl.constexpr, HAS_SCALE: tl.constexpr,
     HAS_SIGNS: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, QUANT: tl.constexpr,
-    OUT_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    OUT_BF16: tl.constexpr, PRECISION: tl.constexpr, ZERO_POINT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     r = tl.arange(0, RP)[:, None]
@@ -123,11 +123,21 @@ def transform_quantize_kernel(
             n_nan = tl.reduce(tl.reduce(tl.where(ok & (h != h), 1, 0), 1, _SUM), 0, _SUM)
             lo = tl.where(lo <= hi, lo, 0.0)  # a row past the end: no inf - inf below
             lo = tl.where(n_nan > 0, float("nan"), lo)
-            step = tl.math.div_rn(hi - lo, levels)
-            step = tl.where(step > 0.0, step, 1.0)  # constant row: exact at lo
-            q = _round_half_even(tl.math.div_rn(h - lo, step))
-            q = tl.minimum(tl.maximum(q, 0.0), levels)
-            h = q * step + lo
+            if ZERO_POINT:  # quant.py's zero_point grid: the range holds 0, integer zero point
+                low = tl.minimum(lo, 0.0)
+                step = tl.math.div_rn(tl.maximum(hi, 0.0) - low, levels)
+                step = tl.where(step > 0.0, step, 1.0)  # all-zero row: q = zero = 0
+                zero = _round_half_even(tl.math.div_rn(-low, step))
+                q = _round_half_even(tl.math.div_rn(h, step)) + zero
+                q = tl.minimum(tl.maximum(q, 0.0), levels)
+                h = tl.where(hi == lo, hi, (q - zero) * step)  # a constant row is exact
+                h = tl.where(n_nan > 0, float("nan"), h)  # min/max need not propagate NaN
+            else:  # the min-anchored grid
+                step = tl.math.div_rn(hi - lo, levels)
+                step = tl.where(step > 0.0, step, 1.0)  # constant row: exact at lo
+                q = _round_half_even(tl.math.div_rn(h - lo, step))
+                q = tl.minimum(tl.maximum(q, 0.0), levels)
+                h = q * step + lo
         if OUT_BF16:
             tl.store(out_ptr + row * channels + ch, _to_bf16_rne(h), mask=ok)
         else:
@@ -136,7 +146,8 @@ def transform_quantize_kernel(
 
 def launch(x2: torch.Tensor, out2: torch.Tensor, mu2: torch.Tensor | None,
            scale: torch.Tensor | None, layout: TileLayout, rows_per_sample: int,
-           bits: int | None, precision: str, rows_per_prog: int | None = None) -> None:
+           bits: int | None, precision: str, rows_per_prog: int | None = None,
+           quant_grid: str = "zero_point") -> None:
     """x2, out2: (rows, C) contiguous; mu2: (samples, C) and scale: (C,) contiguous, any
     float dtype (converted to float32 in the kernel)."""
     n_rows, channels = x2.shape
@@ -155,7 +166,7 @@ def launch(x2: torch.Tensor, out2: torch.Tensor, mu2: torch.Tensor | None,
         ROWS_PER_PROG=rows_per_prog, HAS_MU=mu2 is not None, HAS_SCALE=scale is not None,
         HAS_SIGNS=signs is not None, HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
         QUANT=bits is not None, OUT_BF16=out2.dtype == torch.bfloat16,
-        PRECISION=precision, **launch_options(layout),
+        PRECISION=precision, ZERO_POINT=quant_grid == "zero_point", **launch_options(layout),
     )
 
 

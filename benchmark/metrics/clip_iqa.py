@@ -1,7 +1,10 @@
 """CLIP-IQA (Wang et al. 2023) with pyiqa's ``clipiqa`` metric: per image in [0, 1], higher is better.
 
-pyiqa scores an image by how much CLIP prefers ten positive prompts over their negatives
-("Good image" vs "bad image", "Sharp image" vs "blurry image", ...), on OpenAI's RN50 CLIP.
+pyiqa scores an image by how much CLIP prefers a positive prompt over its negative, averaged
+over five pairs ("Good image" / "bad image", "Sharp image" / "blurry image", "sharp edges" /
+"blurry edges", "High resolution image" / "low resolution image", "Noise-free image" /
+"noisy image"), on OpenAI's RN50 CLIP. Images are rounded to 8 bits first, as CLIP score
+rounds them: both metrics score the PNG a user would see.
 That backbone is a TorchScript archive, ``RN50.pt``. We always give pyiqa the file's path,
 so pyiqa never downloads anything: when the file is missing, the metric is not computed.
 The default path is where openai-clip and pyiqa cache it, ``<torch hub dir>/clip/RN50.pt``.
@@ -64,7 +67,7 @@ class ClipIQA(PerSampleScore):
                 torch.hub.download_url_to_file(RN50_URL, os.fspath(path), hash_prefix=RN50_SHA256)
             except Exception as error:  # no network: the reason below says the file is missing
                 logger.warning("%s: download of %s failed: %s", NAME, RN50_URL, error)
-        details = {"implementation": "pyiqa clipiqa", "weights": str(path)}
+        details = {"implementation": "pyiqa clipiqa", "weights": str(path), "input": "8-bit images"}
         try:
             import pyiqa
         except ImportError as error:
@@ -95,7 +98,7 @@ class ClipIQA(PerSampleScore):
         """Per-image CLIP-IQA (B,), images as in ``image_batch`` (full resolution, no resize)."""
         if not self.available:
             raise RuntimeError(f"{NAME} is not available: {self.reason}")
-        images = image_batch(images, NAME)
+        images = (image_batch(images, NAME) * 255).round() / 255  # 8 bits, like CLIP score's input
         return torch.cat([self.metric(images[i:i + self.batch_size].to(self.device)).reshape(-1).cpu()
                           for i in range(0, len(images), self.batch_size)])
 

@@ -71,7 +71,11 @@ class ClipScore(PerSampleScore):
 
     @torch.no_grad()
     def scores(self, images, captions: list[str]) -> torch.Tensor:
-        """Per-sample CLIP scores (B,) of images (see ``image_batch``) against their captions."""
+        """Per-sample CLIP scores (B,) of images (see ``image_batch``) against their captions.
+
+        Not torchmetrics' CLIPScore: that clamps the mean of the cosines at 0 (we clamp each
+        sample) and cuts captions at 77 tokens by slicing, dropping the end token (open_clip's
+        tokenizer keeps it), so the two differ where cosines are negative or captions long."""
         if not self.available:
             raise RuntimeError(f"{NAME} is not available: {self.reason}")
         images = image_batch(images, NAME)

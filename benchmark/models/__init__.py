@@ -4,6 +4,7 @@ and swap targets for quantized modules and back.
     from benchmark.models import load_model
     model = load_model("embedded")                       # the shipped model, offline
     model = load_model("PixArt-alpha/PixArt-Sigma-XL-2-512-MS", torch.float16, "cuda")
+    model = load_model("black-forest-labs/FLUX.1-dev")   # any registered family's pipeline
 """
 
 from __future__ import annotations
@@ -21,15 +22,24 @@ MODELS = {
     "embedded": "the shipped small pixel-space PixArt transformer (offline, minutes on a CPU)",
     "PixArt-alpha/PixArt-Sigma-XL-2-512-MS": "PixArt-Sigma 512 px (the paper's setting), hub id or its local folder",
     "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArt-Sigma 1024 px",
-    "PATH": "a local diffusers PixArt pipeline folder, or an embedded-model folder (embedded.json)",
+    "PixArt-alpha/PixArt-XL-2-512x512": "PixArt-alpha 512 px (family pixart)",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "SD3 medium (family sd3)",
+    "stabilityai/stable-diffusion-3.5-medium": "SD3.5 medium, dual-attention blocks (family sd3)",
+    "stabilityai/stable-diffusion-3.5-large": "SD3.5 large (family sd3)",
+    "black-forest-labs/FLUX.1-dev": "FLUX.1-dev (family flux)",
+    "black-forest-labs/FLUX.1-schnell": "FLUX.1-schnell (family flux)",
+    "Efficient-Large-Model/Sana_1600M_1024px_diffusers": "Sana 1.6B 1024 px (family sana)",
+    "PATH": "a local diffusers pipeline folder of any family ('hadabench ls'), or an "
+            "embedded-model folder (embedded.json)",
 }
 
 
 def load_model(name_or_path: str = "embedded", dtype: torch.dtype | str = torch.float32,
                device: str | torch.device = "cpu", cache_dir: str | None = None) -> ModelAdapter:
     """``"embedded"``: the shipped model; a folder with ``embedded.json``: an embedded model
-    trained elsewhere; anything else: a hub id or local folder of a PixArt pipeline
-    (``cache_dir``: the hub cache to read, default the standard one)."""
+    trained elsewhere; anything else: a hub id or local folder of a diffusers pipeline whose
+    transformer a registered family describes (``cache_dir``: the hub cache to read, default
+    the standard one)."""
     if isinstance(dtype, str):
         dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
                  "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}.get(dtype) or \
@@ -37,8 +47,8 @@ def load_model(name_or_path: str = "embedded", dtype: torch.dtype | str = torch.
     if name_or_path == "embedded" or (Path(name_or_path) / "embedded.json").is_file():
         from .embedded import EmbeddedAdapter
         return EmbeddedAdapter.load(None if name_or_path == "embedded" else name_or_path, dtype, device)
-    from .pixart import PixArtAdapter
-    return PixArtAdapter.load(name_or_path, dtype, device, cache_dir)
+    from .pipeline import PipelineAdapter
+    return PipelineAdapter.load(name_or_path, dtype, device, cache_dir)
 
 
 def _raise(error: Exception):

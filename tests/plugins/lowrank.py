@@ -17,12 +17,16 @@ class LowRankGroup(QuantizedGroup):
         u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
         low = (u[:, :rank] * s[:rank]) @ vh[:rank]
         residual = (weight.double() - low).to(weight.dtype)
-        if precision.weight_bits is not None:
-            residual = quantize_weight(residual, precision.weight_bits)
+        if precision.weight_bits is not None:  # the weight grid the precision asks for
+            residual = quantize_weight(residual, precision.weight_bits, precision.weight_block,
+                                       precision.weight_symmetric)
         self.register_buffer("down", vh[:rank].to(weight.dtype))
         self.register_buffer("up", (u[:, :rank] * s[:rank]).to(weight.dtype))
-        self.register_buffer("residual", residual)
-        self.register_buffer("bias", torch.cat([lin.bias.detach() for lin in linears]))
+        self.register_buffer("residual", residual.contiguous())
+        # Linears without a bias (diffusers' attention projections often have none) add zero.
+        bias = [lin.bias.detach() if lin.bias is not None else weight.new_zeros(lin.out_features)
+                for lin in linears]
+        self.register_buffer("bias", torch.cat(bias) if any(lin.bias is not None for lin in linears) else None)
         self.bits, self.rank = precision.activation_bits, rank
         self.widths = [lin.out_features for lin in linears]
 

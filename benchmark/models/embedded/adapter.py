@@ -13,13 +13,12 @@ ships; its token-level hidden states (384-d) and attention mask are the cross-at
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ...results import sha256_file
+from ...results import read_json, sha256_file
 from ..base import Generation, ModelAdapter
 
 __all__ = ["EMBEDDED_DIR", "EmbeddedAdapter", "TextEncoder", "noise_scheduler_config",
@@ -92,7 +91,11 @@ class EmbeddedAdapter(ModelAdapter):
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder} is not an embedded-model folder (no embedded.json); "
                                     "train one with python -m benchmark.models.embedded.train")
-        meta = json.loads(meta_path.read_text())
+        # what generate() reads; a folder without them is bad input, not a hub lookup
+        meta = read_json(meta_path, {"guidance_scale": float, "image_size": int, "scheduler": dict},
+                         "embedded-model description")
+        if not (folder / "transformer").is_dir():
+            raise ValueError(f"{folder} is not an embedded-model folder: it has no transformer/ folder")
         transformer = PixArtTransformer2DModel.from_pretrained(folder / "transformer", dtype=dtype)
         transformer = transformer.to(device).eval().requires_grad_(False)
         return cls(transformer, TextEncoder(device, dtype), meta, folder)

@@ -1,0 +1,75 @@
+"""The CI gate end to end: pinned numerics reproduce a run bit for bit, and a transform that
+got slightly worse (about 0.3 dB) fails the gate while an honest rerun passes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.numerics import PINNED_ENV
+from benchmark.results import metric_value, read_results
+
+PLUGIN = Path(__file__).parent / "plugins" / "degraded.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pinned_run(out: Path, cache: Path, degrade: str) -> subprocess.CompletedProcess:
+    """``python -m benchmark run`` as a user starts it: it pins its own numerics (restarting
+    itself), so the environment of this test process does not matter."""
+    env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
+    env["HADABENCH_TEST_DEGRADE"] = degrade
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark", "run", "--out", str(out), "--cache-dir", str(cache),
+         "--calib-size", "2", "--eval-size", "4", "--steps", "4", "--metrics", "sqnr", "--device", "cpu",
+         "--precisions", "w6a6", "--transforms", "degraded", "--plugin", str(PLUGIN), "--numerics", "pinned"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def check(run: Path, baseline: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmark", "check", str(run), "--baseline", str(baseline / "results.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_gate_fails_a_degraded_transform_and_passes_an_honest_rerun(tmp_path):
+    cache = tmp_path / "cache"
+    runs = {name: tmp_path / name for name in ("baseline", "rerun", "degraded")}
+    for name, level in (("baseline", "0"), ("rerun", "0"), ("degraded", "0.0012")):
+        done = pinned_run(runs[name], cache, level)
+        assert done.returncode == 0, done.stderr
+    numerics = read_results(runs["baseline"])["environment"]["numerics"]
+    assert numerics["mode"] == "pinned" and numerics["aten_cpu_capability"] == "AVX2"
+    assert numerics["mkl_cbwr"] == PINNED_ENV["MKL_CBWR"] and numerics["mkldnn"] is False
+
+    def sqnr(name):
+        cell = read_results(runs[name])["cells"]["w6a6/degraded"]
+        return metric_value(cell["metrics"]["sqnr_db"]), cell["per_sample"]["sqnr_db"]
+
+    assert sqnr("rerun") == sqnr("baseline")  # pinned: bit for bit, caption by caption
+    drop = sqnr("baseline")[0] - sqnr("degraded")[0]
+    assert 0.1 < drop < 1.0, drop  # a small regression, far below any 4-bit effect
+
+    honest = check(runs["rerun"], runs["baseline"])
+    assert honest.returncode == 0 and "gate: exact" in honest.stdout and "no regression" in honest.stdout
+    caught = check(runs["degraded"], runs["baseline"])
+    assert caught.returncode == 1 and "REGRESSION" in caught.stdout and "w6a6/degraded sqnr_db" in caught.stdout
+
+
+def test_pinned_numerics_refused_in_process_without_the_environment(tmp_path, monkeypatch, capsys):
+    for key in PINNED_ENV:
+        monkeypatch.delenv(key, raising=False)
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--numerics", "pinned", "--device", "cpu", "--metrics", "sqnr",
+                 "--eval-size", "2", "--calib-size", "2", "--steps", "2", "--transforms", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MKL_CBWR=COMPATIBLE,STRICT" in err[0]
+    assert not out.exists()
+
+
+def test_unknown_numerics_mode_is_bad_input(capsys):
+    assert main(["run", "--numerics", "fast"]) == 2
+    assert "unknown numerics 'fast'" in capsys.readouterr().err

@@ -1,0 +1,196 @@
+"""One-sided precisions (a4, w4), role/block subsets, the affine lattice and the
+sensitivity study (benchmark/subset.py, benchmark/sensitivity.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import benchmark.transform as transform_module
+from benchmark import CalibrationStats, create_transform, quantize_linear
+from benchmark.cli import main
+from benchmark.config import RunConfig, load_config, parse_transforms
+from benchmark.models import ROLES, load_model
+from benchmark.results import read_results
+from benchmark.sensitivity import LATTICE, mean_ci, paired_ci, point_name
+from benchmark.subset import Subset, parse_blocks, parse_roles
+
+FAST = ["--calib-size", "2", "--eval-size", "2", "--steps", "2", "--metrics", "sqnr", "--device", "cpu"]
+
+
+def _group(seed=0, channels=48):
+    torch.manual_seed(seed)
+    linears = [nn.Linear(channels, 24) for _ in range(2)]
+    x = torch.randn(3, 20, channels) * (1 + 4 * torch.rand(channels)) + 2 * torch.randn(channels)
+    return linears, x, CalibrationStats.from_activations(x)
+
+
+@pytest.mark.parametrize("name", ["none", "quarot", "hadanorm", "smoothquant"])
+def test_a4_is_w4a4_with_weights_unquantized(name, monkeypatch):
+    linears, x, stats = _group()
+    a4 = quantize_linear(linears, name, "a4", calibration=stats)(x)
+    monkeypatch.setattr(transform_module, "quantize_weight", lambda w, *args, **kw: w)
+    wa4 = quantize_linear(linears, name, "w4a4", calibration=stats)(x)
+    for left, right in zip(a4, wa4):
+        assert torch.equal(left, right)
+    monkeypatch.undo()
+    assert not torch.equal(quantize_linear(linears, name, "w4a4", calibration=stats)(x)[0], a4[0])
+
+
+def test_w4_quantizes_weights_only():
+    linears, x, stats = _group(1)
+    (y,) = quantize_linear(linears[:1], "none", "w4", calibration=stats)(x)
+    from benchmark import quantize_weight
+    assert torch.allclose(y, nn.functional.linear(x, quantize_weight(linears[0].weight.detach(), 4),
+                                                  linears[0].bias), atol=1e-5)
+
+
+def test_affine_lattice_points_are_the_baselines():
+    linears, x, stats = _group(2)
+    for spec, baseline in (("affine(center=true, alpha=0.5, rotation=full)", "hadanorm"),
+                           ("affine(rotation=full, random_signs=true)", "quarot"),
+                           ("affine(alpha=0.5, rotation=full)", "sdcb"), ("affine", "none")):
+        (parsed,) = parse_transforms(spec)
+        mine = quantize_linear(linears, create_transform(parsed.name, **dict(parsed.params)), "w4a4", stats)(x)
+        theirs = quantize_linear(linears, baseline, "w4a4", calibration=stats)(x)
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs)), spec
+    names = [point_name(s) for s in parse_transforms(LATTICE)]
+    assert names == ["none", "C", "S", "R", "C+S", "C+R", "S+R", "C+S+R", "R±", "C+R±", "S+R±", "C+S+R±"]
+    with pytest.raises(ValueError, match="needs a rotation"):
+        create_transform("affine", random_signs=True)
+
+
+def test_subset_parsing():
+    assert parse_roles("ffn_up, self_attn_qkv") == ["self_attn_qkv", "ffn_up"]  # canonical order
+    assert parse_roles(list(reversed(ROLES))) is None  # every role is the default
+    assert parse_blocks("0-2,5") == [0, 1, 2, 5] and parse_blocks([3, 1]) == [1, 3] and parse_blocks(2) == [2]
+    assert Subset.of("cross_attn_kv", "0-1,3").label == "roles=cross_attn_kv;blocks=0-1,3"
+    for bad, match in (("", "empty"), (",", "empty"), ("ffn_sideways", "unknown role")):
+        with pytest.raises(ValueError, match=match):
+            parse_roles(bad)
+    for bad in ("3-1", "x", "-1"):
+        with pytest.raises(ValueError, match="--blocks"):
+            parse_blocks(bad)
+
+
+def test_config_hash_of_roles():
+    default = RunConfig().validate().hash()
+    assert load_config(None, {"roles": ",".join(ROLES)}).hash() == default
+    assert load_config(None, {"roles": "ffn_up"}).hash() != default
+    assert load_config(None, {"blocks": "0-1"}).hash() not in (default, load_config(None, {"blocks": "0"}).hash())
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model("embedded")
+
+
+def test_one_role_leaves_every_other_linear_untouched(embedded):
+    before = dict(embedded.transformer.named_modules())
+    subset = Subset.of("cross_attn_kv", "1-2")
+    subset.check(embedded.targets())
+    with embedded.quantized("affine", "a4", only=subset.only(embedded.targets()), center=True,
+                           rotation="full") as groups:
+        assert sorted(groups) == ["transformer_blocks.1.cross_attn_kv", "transformer_blocks.2.cross_attn_kv"]
+        after = dict(embedded.transformer.named_modules())
+        swapped = {name for name in before if name in after and after[name] is not before[name]}
+        assert swapped == {f"transformer_blocks.{b}.attn2.{p}" for b in (1, 2) for p in ("to_k", "to_v")}
+        linears = [n for n, m in before.items() if isinstance(m, nn.Linear)]
+        assert all(after[n] is before[n] for n in linears if n not in swapped)
+    assert all(m is before[n] for n, m in embedded.transformer.named_modules())  # restored
+    with pytest.raises(ValueError, match="out of range: this model has 4 blocks"):
+        Subset.of(None, "2-4").check(embedded.targets())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--roles", "ffn_sideways"], "unknown role 'ffn_sideways'"),
+    (["--roles", ","], "role list is empty"),
+    (["--blocks", "0-9"], "block 4 is out of range"),
+    (["--precisions", "a0"], "unknown precision 'a0'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *FAST, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines ("model: loading") may precede it
+    assert err[-1].startswith("hadabench: error:") and message in err[-1]
+    assert sum("error" in line for line in err) == 1
+    assert not out.exists()  # nothing written
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    """A small study (two transforms, two roles, blocks 0-1) and the plain a4 run beside it."""
+    root = tmp_path_factory.mktemp("study")
+    common = [*FAST, "--cache-dir", str(root / "cache"), "--transforms", "affine,hadanorm"]
+    assert main(["sensitivity", "--out", str(root / "study"), *common,
+                 "--roles", "self_attn_qkv,cross_attn_kv", "--blocks", "0-1"]) == 0
+    assert main(["run", "--out", str(root / "run"), *common, "--precisions", "a4",
+                 "--roles", "self_attn_qkv,cross_attn_kv", "--blocks", "0-1"]) == 0
+    return root
+
+
+def test_study_cells_tables_and_report(studied):
+    results = read_results(studied / "study")
+    roles = ["self_attn_qkv", "cross_attn_kv"]
+    expected = {f"a4/{t}" for t in ("affine", "hadanorm")}
+    expected |= {f"a4/{t} [roles={r};blocks=0-1]" for t in ("affine", "hadanorm") for r in roles}
+    expected |= {f"a4/affine [roles={r};blocks={b}]" for r in roles for b in (0, 1)}
+    assert set(results["cells"]) == expected
+    cell = results["cells"]["a4/hadanorm [roles=cross_attn_kv;blocks=0-1]"]
+    assert cell["subset"] == {"roles": ["cross_attn_kv"], "blocks": [0, 1]}
+    assert sorted(cell["groups"]) == ["transformer_blocks.0.cross_attn_kv", "transformer_blocks.1.cross_attn_kv"]
+    study = results["study"]
+    assert study["kind"] == "sensitivity" and study["rows"] == ["all", *roles] and study["blocks"] == [0, 1]
+    table = study["tables"]["a4"]
+    entry = table["roles"]["self_attn_qkv"]["C+S+R"]
+    assert entry["low"] <= entry["mean"] <= entry["high"] and entry["n"] == 2
+    assert set(table["blocks"]["cross_attn_kv"]) == {"0", "1"}
+    assert table["claims"]["worst_quantizers"]["ranking_worst_first"]
+    assert "C+S+R minus S+R" not in table["claims"].get("centering_makes_rotation_work", {})
+    readme = (studied / "study" / "README.md").read_text()
+    assert "sensitivity_a4.png" in readme and "| self_attn_qkv |" in readme
+    assert (studied / "study" / "sensitivity_a4.png").stat().st_size > 1000
+    assert (studied / "study" / "blocks_a4.png").is_file()
+    from benchmark.leaderboard import render
+    board = render([studied / "study" / "results.json"], studied / "board.md")
+    assert "[sensitivity study, run study](study/README.md)" in board and "### " not in board  # linked, not tabled
+    # only the all-roles cells (a plain run's cells) keep their images
+    assert sorted(p.name for p in (studied / "study" / "images" / "a4").iterdir()) == ["affine", "hadanorm"]
+
+
+def test_study_all_roles_row_is_the_plain_run(studied):
+    study, run = read_results(studied / "study"), read_results(studied / "run")
+    for label in ("affine", "hadanorm"):
+        assert study["cells"][f"a4/{label}"]["per_sample"]["sqnr_db"] == \
+            run["cells"][f"a4/{label}"]["per_sample"]["sqnr_db"]
+
+
+def test_study_resumes_and_refuses_another_view(studied, capsys):
+    common = [*FAST, "--cache-dir", str(studied / "cache"), "--transforms", "affine,hadanorm",
+              "--roles", "self_attn_qkv,cross_attn_kv", "--blocks", "0-1"]
+    assert main(["sensitivity", "--out", str(studied / "study"), *common]) == 0
+    assert "done before" in capsys.readouterr().err
+    assert main(["sensitivity", "--out", str(studied / "study"), *common, "--block-view", "hadanorm"]) == 2
+    assert main(["sensitivity", "--out", str(studied / "x"), *common, "--block-view", "quarot"]) == 2
+    assert not (studied / "x").exists()
+
+
+def test_role_list_with_every_role_is_the_default_run(tmp_path):
+    cache = str(tmp_path / "cache")
+    assert main(["run", "--out", str(tmp_path / "r"), *FAST, "--cache-dir", cache, "--precisions", "a4",
+                 "--transforms", "none"]) == 0
+    first = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert main(["run", "--out", str(tmp_path / "r"), *FAST, "--cache-dir", cache, "--precisions", "a4",
+                 "--transforms", "none", "--roles", ",".join(reversed(ROLES))]) == 0  # same hash: resumed
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["config_hash"] == first["config_hash"]
+
+
+def test_bootstrap_intervals():
+    values = [1.0, 2.0, 4.0, 8.0, 3.0]
+    ci = mean_ci(values)
+    assert ci["low"] < ci["mean"] < ci["high"] and ci["mean"] == pytest.approx(3.6) and ci == mean_ci(values)
+    assert paired_ci([2, 3, 4], [1, 2, 3]) == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 3}
+    assert mean_ci([1.0, float("inf")])["low"] is None

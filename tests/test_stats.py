@@ -1,0 +1,134 @@
+"""Intervals, paired tests, significance ranks, the captions-needed table and the gate's two
+tests, on synthetic per-caption numbers whose truth is known."""
+
+import random
+
+import pytest
+
+from benchmark.check import compare, gate_mode
+from benchmark.cli import main
+from benchmark.compare import power_rows, rank_cells
+from benchmark.config import RunConfig, parse_transforms
+from benchmark.leaderboard import render
+from benchmark.metrics.registry import METRIC_SPECS
+from benchmark.results import SCHEMA, write_json
+from benchmark.stats import captions_needed, mean_interval, paired_test
+
+SQNR = METRIC_SPECS["sqnr_db"]
+
+
+def noisy(mean, n=64, sd=3.0, seed=0):
+    rng = random.Random(seed)
+    return [rng.gauss(mean, sd) for _ in range(n)]
+
+
+def test_interval_covers_the_mean_and_shrinks_with_more_captions():
+    small, large = mean_interval(noisy(10, n=32)), mean_interval(noisy(10, n=512))
+    assert small.low < small.mean < small.high and large.low < 10 < large.high
+    assert large.half_width < small.half_width / 2.5  # ~ 1/sqrt(16) = 1/4
+    assert mean_interval(noisy(10)) == mean_interval(noisy(10))  # seeded: the same numbers twice
+    assert mean_interval([5.0] * 8).half_width == 0
+
+
+def test_paired_test_sees_a_shift_hidden_by_caption_difficulty():
+    difficulty = noisy(0, n=32, sd=5.0)
+    a = [d + 0.5 for d in difficulty]
+    b = [d + random.Random(i).gauss(0, 0.3) for i, d in enumerate(difficulty)]
+    # the two cells' own intervals overlap almost entirely ...
+    assert mean_interval(a).low < mean_interval(b).high
+    # ... but caption by caption a is better
+    test = paired_test(a, b)
+    assert test.significant and test.verdict() == "better" and test.difference.low > 0
+    assert paired_test(b, a).verdict() == "worse"
+    assert paired_test(a, a).verdict() == "not significant"
+    with pytest.raises(ValueError, match="same captions"):
+        paired_test(a, b[:-1])
+    with pytest.raises(ValueError, match="non-finite"):
+        paired_test([float("inf")] * 32, b)
+
+
+def test_captions_needed_scales_with_the_square_of_the_width():
+    interval = mean_interval(noisy(0, n=32))
+    need = captions_needed(interval, interval.half_width / 2)
+    assert need == pytest.approx(4 * 32, abs=1)
+
+
+def cell(label, values, precision="w4a4", status="ok"):
+    return {"precision": precision, "transform": label, "label": label, "params": {}, "status": status,
+            "reason": None if status == "ok" else "boom",
+            "metrics": {"sqnr_db": {"value": sum(values) / len(values)}},
+            "per_sample": {"sqnr_db": values}, "groups": {}, "timings": {}}
+
+
+def doc(cells, numerics="pinned", device="cpu"):
+    config = RunConfig(precisions=["w4a4"], transforms=parse_transforms(",".join(c["label"] for c in cells))).validate()
+    return {"schema": SCHEMA, "config": config.to_json(), "config_hash": config.hash(),
+            "environment": {"hadabench": "0", "device": device, "torch": "2.13.0",
+                            "numerics": {"mode": numerics, "threads": 2}},
+            "captions": {"evaluation": {"ids": list(range(32))}}, "metric_setup": {}, "model": {"name": "x"},
+            "reference": {"metrics": {}}, "cells": {f"w4a4/{c['label']}": c for c in cells}, "grids": {},
+            "tolerance": {"sqnr_db": SQNR.tolerance}}
+
+
+def three_cells(shift=0.0):
+    base = noisy(12, n=32, sd=4.0)
+    return [cell("none", [v - 1.5 + shift for v in base]),
+            cell("quarot", [v + random.Random(i).gauss(0, 0.5) + shift for i, v in enumerate(base)]),
+            cell("hadanorm", [v + shift for v in base])]
+
+
+def test_ranks_and_ties_with_the_best():
+    ranked = rank_cells(three_cells(), SQNR)
+    by_label = {r.cell["label"]: r for r in ranked}
+    assert by_label["quarot"].rank == 1 and by_label["hadanorm"].rank == 1  # caption noise only: a tie
+    assert by_label["quarot"].tied_with_best and by_label["hadanorm"].tied_with_best
+    assert by_label["none"].rank == 3 and not by_label["none"].tied_with_best
+    failed = rank_cells([cell("x", [1.0], status="failed")] + three_cells(), SQNR)[0]
+    assert failed.rank is None and failed.interval is None
+
+
+def test_leaderboard_prints_intervals_bold_ties_and_the_matrix(tmp_path):
+    write_json(tmp_path / "run" / "results.json", doc(three_cells()))
+    text = render([tmp_path / "run"], tmp_path / "README.md")
+    table = text.split("<details>")[0]
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert " ± " in lines["none"] and "**" not in lines["none"]
+    assert "**" in lines["quarot"] and "**" in lines["hadanorm"]
+    assert "row − column" in text and "-1.50*" in text  # none − hadanorm, significant
+    assert "### w4a4 · run `run`" in text
+
+
+def test_power_table_from_a_run(tmp_path, capsys):
+    write_json(tmp_path / "results.json", doc(three_cells()))
+    rows = power_rows(doc(three_cells()), SQNR, 0.25)
+    pair = next(r for r in rows if r["comparison"] == "none − hadanorm")
+    assert pair["verdict"] == "worse" and pair["needed"] is None  # a constant shift: zero width
+    single = next(r for r in rows if r["comparison"] == "none")
+    assert single["needed"] > 32
+    assert main(["power", str(tmp_path)]) == 0
+    assert "needed for ±0.25" in capsys.readouterr().out
+    assert main(["power", str(tmp_path), "--target", "0"]) == 2
+
+
+def test_gate_exact_mode_catches_a_tiny_drop():
+    baseline = doc(three_cells())
+    assert gate_mode(baseline, baseline)[0] == "exact"
+    assert compare(doc(three_cells()), baseline)[0] == []
+    regressions, table = compare(doc(three_cells(shift=-0.05)), baseline)
+    assert len(regressions) == 3 and "gate: exact" in table
+
+
+def test_gate_paired_mode_ignores_machine_noise_and_catches_a_real_drop():
+    baseline = doc(three_cells(), numerics="native")
+    jitter = random.Random(7)
+    rerun = three_cells()
+    for c in rerun:  # another CPU: flipped roundings move single captions by up to several dB
+        c["per_sample"]["sqnr_db"] = [v + jitter.gauss(0, 0.8) for v in c["per_sample"]["sqnr_db"]]
+    assert gate_mode(doc(rerun), baseline)[0] == "paired"
+    assert compare(doc(rerun), baseline)[0] == []
+    degraded = three_cells()
+    for c in degraded:
+        c["per_sample"]["sqnr_db"] = [v - 0.6 + jitter.gauss(0, 0.3) for v in c["per_sample"]["sqnr_db"]]
+    regressions, table = compare(doc(degraded), baseline)
+    assert len(regressions) == 3 and "Holm" in table
+    assert gate_mode(doc(rerun, device="cuda"), doc(rerun, device="cuda"))[0] == "paired"
