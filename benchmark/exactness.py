@@ -36,11 +36,17 @@ class NotExact(ValueError):
     """A transform that does not reproduce the original layers at full precision."""
 
 
+def _sum_of_squares(tensors) -> float:
+    """In float64, per row and then exactly (``math.fsum``): the same bits for any thread
+    count, which a whole-tensor sum is not (its parallel partial sums follow the threads)."""
+    return math.fsum(v for t in tensors for v in t.double().pow(2).reshape(-1, t.shape[-1]).sum(-1).tolist())
+
+
 def relative_error(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -> float:
     """||outs - refs|| / ||refs|| over all outputs of a group (NaN or Inf when outs are)."""
-    num = sum((o.double() - r.double()).pow(2).sum() for o, r in zip(outs, refs))
-    den = sum(r.double().pow(2).sum() for r in refs)
-    return float((num / den).sqrt())
+    num = _sum_of_squares(o.double() - r.double() for o, r in zip(outs, refs))
+    den = _sum_of_squares(refs)
+    return float((torch.tensor(num, dtype=torch.float64) / den).sqrt())  # x / 0: inf or NaN, as torch
 
 
 def check_outputs(outs, linears: Sequence[nn.Linear], x: torch.Tensor, where: str) -> None:
