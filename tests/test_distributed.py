@@ -34,7 +34,10 @@ SPREAD = ["--calib-size", "2", "--eval-size", "16", "--steps", "2", "--metrics",
 
 def launch(folder: Path, flags: list[str], stall: bool = False, **popen) -> subprocess.Popen:
     """``torchrun --nproc-per-node 2 -m benchmark run`` into folder/run (cache folder/cache)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # the threads of the one-process run (in this process), which results.json and the
+    # leaderboard record (numerics.threads); torchrun would give each process 1
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     if stall:
         env["HADABENCH_TEST_STALL"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
