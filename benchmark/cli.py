@@ -217,6 +217,25 @@ class _Parser(argparse.ArgumentParser):
         raise ValueError(f"{message} (see '{self.prog} --help')")
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare_runs
+    from .metrics.registry import metric_spec
+    from .results import read_results
+
+    spec = metric_spec(args.metric)
+    rows = compare_runs(read_results(args.a), read_results(args.b), spec)
+    if not rows:
+        raise ValueError(f"{args.a} and {args.b} share no cell with per-caption values of {spec.key}")
+    print(f"{spec.header}: B − A per cell, paired bootstrap over the same captions (95% interval)\n"
+          f"A = {args.a}\nB = {args.b}\n")
+    print(tabulate([[r["cell"], spec.fmt.format(r["a"]), spec.fmt.format(r["b"]),
+                     f"{r['difference'].mean:+.2f} [{r['difference'].low:+.2f}, {r['difference'].high:+.2f}]",
+                     f"{r['p_value']:.3f}", "B " + r["verdict"] if r["verdict"] != "not significant" else r["verdict"]]
+                    for r in rows],
+                   headers=["cell", "A", "B", "B − A [95%]", "p", "verdict"], tablefmt="github"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hadabench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     power.add_argument("--metric", default="sqnr_db", help="a per-sample metric (default sqnr_db)")
     power.add_argument("--target", type=float, default=0.25, help="the half-width wanted (default 0.25)")
     power.set_defaults(func=cmd_power)
+
+    pair = sub.add_parser("compare", help="two runs of the same captions, cell by cell: paired differences")
+    pair.add_argument("a", help="a results.json or run folder")
+    pair.add_argument("b", help="another one, of the same evaluation captions and seeds")
+    pair.add_argument("--metric", default="sqnr_db", help="a per-sample metric (default sqnr_db)")
+    pair.set_defaults(func=cmd_compare)
 
     ls = sub.add_parser("ls", help="list transforms (with their source) and precisions")
     ls.add_argument("--plugin", action="append", metavar="FILE", help="also list a .py file's transforms")

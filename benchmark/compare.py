@@ -15,7 +15,7 @@ from .metrics.registry import MetricSpec
 from .results import OK, metric_value
 from .stats import Interval, PairedTest, captions_needed, mean_interval, paired_test
 
-__all__ = ["Ranked", "cell_samples", "pairwise", "power_rows", "rank_cells"]
+__all__ = ["Ranked", "cell_samples", "compare_runs", "pairwise", "power_rows", "rank_cells"]
 
 
 def cell_samples(cell: dict, key: str) -> list[float] | None:
@@ -105,4 +105,25 @@ def power_rows(results: dict, spec: MetricSpec, target: float) -> list[dict]:
                              "captions": test.difference.samples,
                              "needed": captions_needed(test.difference, target),
                              "verdict": test.verdict(spec.higher_is_better)})
+    return rows
+
+
+def compare_runs(a: dict, b: dict, spec: MetricSpec) -> list[dict]:
+    """Cell by cell, ``b - a`` for two runs of the same evaluation captions and seeds (another
+    grid, kernel, numerics or code): the paired difference with its interval and verdict."""
+    captions = [doc.get("captions", {}).get("evaluation", {}).get("ids") for doc in (a, b)]
+    seeds = [doc.get("config", {}).get("seed") for doc in (a, b)]
+    if captions[0] is None or captions[0] != captions[1] or seeds[0] != seeds[1]:
+        raise ValueError("the two runs did not score the same evaluation captions from the same seeds: "
+                         "a paired comparison needs them")
+    rows = []
+    for key, cell_a in a["cells"].items():
+        cell_b = b["cells"].get(key)
+        ours, theirs = cell_samples(cell_a, spec.key), cell_samples(cell_b or {}, spec.key)
+        if ours is None or theirs is None:
+            continue
+        test = paired_test(theirs, ours)
+        rows.append({"cell": key, "a": mean_interval(ours).mean, "b": mean_interval(theirs).mean,
+                     "difference": test.difference, "p_value": test.p_value,
+                     "verdict": test.verdict(spec.higher_is_better)})
     return rows

@@ -92,7 +92,7 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
         for row, label in zip(rows, ["Original"] + [c["label"] for c in cells]):
             numbers = (PAPER["fp"] if label == "Original" else paper).get(label, (None,) * 3)
             row += [spec.show(v) for spec, v in zip(specs, numbers)]
-    lines = [tabulate(rows, headers=headers, tablefmt="github"), ""]
+    lines = [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
     lines += _matrix(cells, ranked[specs[0].key], specs[0])
     grid = results.get("grids", {}).get(precision)
     if grid:  # linked only when it is a file inside the run folder
@@ -114,7 +114,7 @@ def _matrix(cells: list[dict], ranked: list, spec) -> list[str]:
                        for j in range(len(usable))] for i, (label, _) in enumerate(usable)]
     return ["<details><summary>Paired differences, " + spec.header + " (row − column; * significant at "
             f"p < {1 - BOOTSTRAP['level']:.2f})</summary>", "",
-            tabulate(rows, headers=["row − column"] + [md.cell(label) for label, _ in usable], tablefmt="github"),
+            tabulate(rows, headers=["row − column"] + [md.cell(label) for label, _ in usable], tablefmt="github", disable_numparse=True),
             "", "</details>", ""]
 
 

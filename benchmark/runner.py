@@ -6,6 +6,7 @@ A cell is one precision x one transform. The run folder holds everything a run m
     reference.safetensors   the full-precision generation, reused by every cell and by reruns
     images/<cell>/NN.png    the generated images of each cell (and images/fp/ for the reference)
     grid_<precision>.png    the paper's Figure 3: a row per caption, a column per transform
+    .hadabench.lock         locked by the run in progress: one run per folder (runfolder.py)
 
 A second run into the same folder skips the finished cells; killing a run loses at most the
 cell in flight, since results.json is replaced atomically after each cell. ``fresh=True``

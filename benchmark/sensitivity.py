@@ -350,7 +350,7 @@ def write_report(results: dict, out: Path) -> None:
              *([f"**Partial: {study['cells']['finished']} of {study['cells']['planned']} cells "
                 "finished**; the command below, without `--fresh`, resumes the rest.", ""]
                if study["cells"]["finished"] < study["cells"]["planned"] else []),
-             f"Time ({results['environment']['torch_threads']} threads, a 2-core machine shared with "
+             f"Time (torch threads: {results['environment']['torch_threads']}; a 2-core machine shared with "
              f"other work, so under load): {timing['per_cell_s']:.0f} s per cell on average "
              f"({n} captions x {config['steps']} steps), reference {timing['reference_s']:.0f} s, "
              f"calibration {timing['calibration_s']:.0f} s; all {study['cells']['planned']} cells about "

@@ -57,3 +57,18 @@ def test_pixart_sized_sample_is_well_under_a_gigabyte():
 
     assert pixart_sample_bytes(DEFAULT_SAMPLE_TOKENS) < 0.75e9
     assert pixart_sample_bytes(4096) > 5e9  # the earlier default (issue 14: 5.3 GB)
+
+
+def test_roofline_table_has_every_shape():
+    from benchmark.microbench import ROOFLINE_SHAPES, roofline_table
+
+    table = roofline_table(("torch",), repeats=1)
+    assert all(label in table for label, *_ in ROOFLINE_SHAPES)
+    assert table.count("| torch ") == len(ROOFLINE_SHAPES)
+
+
+def test_microbench_rejects_unknown_kernel(capsys):
+    from benchmark.cli import main
+
+    assert main(["microbench", "--roofline", "--kernels", "torch,fast"]) == 2
+    assert "hadabench: error: unknown kernel 'fast'" in capsys.readouterr().err

@@ -242,3 +242,8 @@ def test_the_runs_check_is_bounded_and_nan_is_the_worst_error():
     summary = summarize({"a": 1e-7, "b": float("nan"), "c": 0.5})
     assert summary["group"] == "b" and summary["exact"] is False
     assert summarize({"a": 1e-7, "b": 2e-6})["exact"] is True
+
+
+def test_centered_quarot_example_validates():
+    (name,) = load_plugin_file(PLUGINS / "centered_quarot.py")
+    assert all(check.passed for check in validate_transform(name, seed=3))

@@ -132,3 +132,16 @@ def test_gate_paired_mode_ignores_machine_noise_and_catches_a_real_drop():
     regressions, table = compare(doc(degraded), baseline)
     assert len(regressions) == 3 and "Holm" in table
     assert gate_mode(doc(rerun, device="cuda"), doc(rerun, device="cuda"))[0] == "paired"
+
+
+def test_compare_two_runs_cell_by_cell(tmp_path, capsys):
+    write_json(tmp_path / "a" / "results.json", doc(three_cells()))
+    write_json(tmp_path / "b" / "results.json", doc(three_cells(shift=0.4)))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "w4a4/hadanorm" in out and "+0.40 [+0.40, +0.40]" in out and "B better" in out
+    other = doc(three_cells())
+    other["captions"] = {"evaluation": {"ids": list(range(1, 33))}}
+    write_json(tmp_path / "c" / "results.json", other)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
+    assert "same evaluation captions" in capsys.readouterr().err
