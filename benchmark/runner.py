@@ -156,7 +156,6 @@ class Run:
         from .captions import load_captions, make_splits
         from .kernels import resolve_kernel
         from .models import load_model
-        from .config import hashed_differences
         from .registry import create_transform, load_plugin_file, transforms
 
         for plugin in self.config.plugins:
@@ -183,6 +182,8 @@ class Run:
         self._resume_or_load(load_model)
 
     def _resume_or_load(self, load_model) -> None:
+        from .config import hashed_differences
+
         config = self.config
         if self.results_path.exists() and not self.fresh:
             previous = read_results(self.results_path)
