@@ -115,5 +115,5 @@ def render(dataset: dict) -> str:
 
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
-    out.write_text(render(synthetic_coco()), encoding="utf-8")
+    out.write_bytes(render(synthetic_coco()).encode("utf-8"))  # "\n" line ends on every OS
     print(f"wrote {out}")
