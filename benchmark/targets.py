@@ -217,7 +217,8 @@ class _SharedCall:
         hit = (self._input is x and self._version == self._version_of(x) and index not in self._taken)
         if not hit:
             outputs = self.module(x)
-            check_outputs(outputs, [linear for _, linear in self.group.linears], x, self.group.name)
+            if not self.group.channels_first:  # ChannelsFirst checks its module on the tokens
+                check_outputs(outputs, [linear for _, linear in self.group.linears], x, self.group.name)
             self._input, self._version, self._outputs, self._taken = x, self._version_of(x), outputs, set()
         self._taken.add(index)
         out = self._outputs[index]
@@ -268,7 +269,7 @@ def install(root: nn.Module, groups: Iterable[TargetGroup],
     for name, module in modules.items():
         group = by_name[name]
         if group.channels_first:
-            module = ChannelsFirst(module)
+            module = ChannelsFirst(module, group)
         shared = _SharedCall(module, group)
         for index, (qualified, linear) in enumerate(group.linears):
             originals[qualified] = root.get_submodule(qualified)  # the convolution, for a view
@@ -284,12 +285,15 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 class ChannelsFirst(QuantizedGroup):
     """Runs a group of pointwise convolutions' quantized module on (N, C, H, W) inputs."""
 
-    def __init__(self, group: QuantizedGroup):
+    def __init__(self, group: QuantizedGroup, target: "TargetGroup"):
         super().__init__()
-        self.group = group
+        self.group, self.target = group, target
 
     def forward(self, x: torch.Tensor):
-        return tuple(y.transpose(1, 2).unflatten(2, x.shape[2:]) for y in self.group(_tokens(x)))
+        tokens = _tokens(x)
+        outputs = self.group(tokens)
+        check_outputs(outputs, [linear for _, linear in self.target.linears], tokens, self.target.name)
+        return tuple(y.transpose(1, 2).unflatten(2, x.shape[2:]) for y in outputs)
 
     def describe(self) -> dict:
         return self.group.describe()

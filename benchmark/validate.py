@@ -172,7 +172,7 @@ def validate_family(name: str) -> list[Check]:
                 x = synthetic_activations(group.in_features)
                 stats = CalibrationStats.from_activations(synthetic_activations(group.in_features, seed=1))
                 fp = create_transform(transform).quantize(layers, Precision.parse("fp"), stats)
-                err = _relative_error(fp(x), [lin(x) for lin in layers])
+                err = relative_error(fp(x), [lin(x) for lin in layers])
                 if not err < EXACT_TOLERANCE:
                     return False, f"{transform} on {group.name}: relative error {err:.2e}"
                 worst = max(worst, err)
