@@ -39,7 +39,7 @@ def test_weights_follow_the_grid():
     ma = TransformedLinear([lin], Precision(4, None, grid="min_anchored"), center=False, scale=None,
                            rotation=None)
     assert not torch.equal(zp.weight, ma.weight)
-    assert ma.describe()["precision"] == "w4afp-minanchored"
+    assert ma.describe()["precision"] == "w4-minanchored"  # weights only (the precision grammar)
 
 
 def test_calibration_sample_is_bounded_and_keyed(tiny, tmp_path):
