@@ -18,7 +18,7 @@ from . import markdown as md
 from .compare import rank_cells
 from .metrics.registry import leaderboard_metrics
 from .results import OK, metric_value
-from .stats import BOOTSTRAP, mean_interval
+from .stats import BOOTSTRAP, recorded_half_width
 
 # The paper's Table 1 (W4A4) and appendix table (W6A6), PixArt-Sigma, 20 steps
 # (SQNR dB, CLIP score, CLIP-IQA).
@@ -51,9 +51,7 @@ def _reference_row(results: dict, specs) -> list[str]:
         if spec.key.startswith("sqnr"):
             row.append("–")
             continue
-        interval = (entry or {}).get("interval") or {}
-        value = metric_value(entry)
-        half = (interval["high"] - interval["low"]) / 2 if interval.get("low") is not None else None
+        value, half = metric_value(entry), recorded_half_width(entry)
         row.append(spec.show(value) + (f" ± {spec.fmt.format(half)}" if half is not None else ""))
     return row
 
@@ -93,7 +91,7 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
             numbers = (PAPER["fp"] if label == "Original" else paper).get(label, (None,) * 3)
             row += [spec.show(v) for spec, v in zip(specs, numbers)]
     lines = [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
-    lines += _matrix(cells, ranked[specs[0].key], specs[0])
+    lines += _matrix(cells, specs[0])
     grid = results.get("grids", {}).get(precision)
     if grid:  # linked only when it is a file inside the run folder
         lines += [md.link(f"{precision} grid: one row per caption, full precision first", grid,
@@ -101,7 +99,7 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     return lines
 
 
-def _matrix(cells: list[dict], ranked: list, spec) -> list[str]:
+def _matrix(cells: list[dict], spec) -> list[str]:
     """Row minus column, mean paired difference; * where the paired bootstrap says significant."""
     from .compare import cell_samples, pairwise
 

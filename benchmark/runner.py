@@ -37,6 +37,7 @@ from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
 from .distributed import BATCH_SIZE, Processes, is_main_process
 from .metrics.registry import METRIC_SPECS
+from .stats import recorded_half_width
 from .quant import Precision
 from .results import FAILED, OK, SCHEMA, cell_key, metric_value, read_results, write_atomic, write_json
 from .runfolder import FolderLock, check_folder
@@ -501,8 +502,8 @@ def _summary(key: str, cell: dict) -> str:
     for spec in METRIC_SPECS.values():
         entry = cell["metrics"].get(spec.key)
         if entry is not None and spec.per_sample:
-            interval = entry.get("interval") or {}
-            spread = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval.get("low") is not None else ""
+            half = recorded_half_width(entry)
+            spread = f" ± {half:.3f}" if half is not None else ""
             shown.append(f"{spec.key} {spec.show(metric_value(entry))}{spread}")
     seconds = sum(cell["timings"].values())
     inexact = "" if cell.get("exactness", {}).get("exact", True) else \

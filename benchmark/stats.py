@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 __all__ = ["BOOTSTRAP", "Interval", "PairedTest", "captions_needed", "interval_json", "mean_interval",
-           "paired_test"]
+           "paired_test", "recorded_half_width"]
 
 # The settings of every interval and test the project reports (recorded with the numbers).
 BOOTSTRAP = {"method": "percentile bootstrap over captions", "level": 0.95, "resamples": 2000, "seed": 0}
@@ -102,6 +102,14 @@ def interval_json(values: Sequence[float]) -> dict:
         return mean_interval(values).to_json()
     except ValueError as error:
         return {"low": None, "high": None, "reason": str(error)}
+
+
+def recorded_half_width(metric: dict | None) -> float | None:
+    """The half-width of the interval a results file records with a metric, or None."""
+    interval = (metric or {}).get("interval") or {}
+    if interval.get("low") is None or interval.get("high") is None:
+        return None
+    return (interval["high"] - interval["low"]) / 2
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], level: float = BOOTSTRAP["level"],
