@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -88,10 +89,13 @@ def load_plugin_file(path: str | Path) -> list[str]:
         raise ValueError(f"plugin {path}: not a .py file")
     spec = importlib.util.spec_from_file_location(f"hadabench_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in the user's folder
     try:
         spec.loader.exec_module(module)
     except Exception as error:  # a broken plugin is the user's input: say which and why
         raise ValueError(f"plugin {path}: import failed: {type(error).__name__}: {error}") from error
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     found = getattr(module, "TRANSFORMS", None)
     declared = getattr(module, "FAMILIES", None)
     if declared is not None:
