@@ -119,12 +119,19 @@ def hadamard_matrix(n: int) -> torch.Tensor:
     return out
 
 
-def apply_factors(x: torch.Tensor, factors, signs: torch.Tensor | None, block: int) -> torch.Tensor:
+def apply_factors(x: torch.Tensor, factors, signs: torch.Tensor | None, block: int, *,
+                  inplace: bool = False) -> torch.Tensor:
     """x -> (I (x) H_block) D x on the last dimension, H_block the Kronecker product of
-    ``factors`` (in x's dtype and device); a plain function, so torch.compile can trace it."""
+    ``factors`` (in x's dtype and device); a plain function, so torch.compile can trace it.
+
+    ``inplace``: x is the caller's own contiguous buffer. The factors then alternate between
+    it and one spare buffer (same BLAS calls, so the same bits) instead of allocating a new
+    tensor per factor; the result is whichever of the two holds it, so use the return value."""
     shape = x.shape
     if signs is not None:
-        x = x * signs
+        x = x.mul_(signs) if inplace else x * signs
+    if inplace:
+        return _apply_factors_inplace(x.view(-1, block), factors, block).view(shape)
     # (N, block): one row per block of every token; factor i acts on its own axis.
     x = x.reshape(-1, block)
     done = 1
@@ -134,6 +141,24 @@ def apply_factors(x: torch.Tensor, factors, signs: torch.Tensor | None, block: i
         x = x @ f.T if after == 1 else torch.matmul(f, x.reshape(-1, k, after))
         done *= k
     return x.reshape(shape)
+
+
+def _apply_factors_inplace(x: torch.Tensor, factors, block: int) -> torch.Tensor:
+    # The calls torch.matmul makes above (an mm for the last axis, a bmm with the factor
+    # broadcast over the batch for the others), with explicit outputs.
+    spare = torch.empty_like(x)
+    done = 1
+    for f in factors:
+        k = f.shape[0]
+        after = block // (done * k)
+        if after == 1:
+            torch.mm(x.view(-1, k), f.T, out=spare.view(-1, k))
+        else:
+            src = x.view(-1, k, after)
+            torch.bmm(f.expand(src.shape[0], k, k), src, out=spare.view(-1, k, after))
+        x, spare = spare, x
+        done *= k
+    return x
 
 
 class HadamardRotation(torch.nn.Module):

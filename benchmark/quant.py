@@ -119,8 +119,11 @@ def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
     step = (high - low) / levels
     step = torch.where(step > 0, step, torch.ones_like(step))  # all-zero row: q = zero = 0
     zero = low.neg().div_(step).round_()
-    # clamp(round(x / step) + zero, 0, levels) - zero in one clamp: integers, exact in fp32
-    torch.div(x, step, out=q).round_().clamp_(zero.neg(), levels - zero).mul_(step)
+    # clamp(round(x / step) + zero, 0, levels) - zero: integers, exact in fp32. Only the top
+    # bound can bind: x >= min and round is odd-symmetric, so round(x / step) >= -zero.
+    # torch.minimum, not clamp_ with tensor bounds: the same values, several times faster.
+    torch.div(x, step, out=q).round_()
+    torch.minimum(q, levels - zero, out=q).mul_(step)
     constant = hi == lo
     if traceable or constant.any():  # a constant row is exact (it is its own max)
         q = torch.where(constant, hi, q) if not inplace else q.copy_(torch.where(constant, hi, q))

@@ -65,3 +65,20 @@ def test_dtypes():
         assert y.dtype == dtype
         ref = x.double() @ hadamard_matrix(1152).T
         assert (y.double() - ref).norm() / ref.norm() < 2e-2
+
+
+@pytest.mark.parametrize("size,block,count", [(16, None, 1), (192, None, 2), (3072, None, 3),
+                                              (1152, 384, 2), (768, 64, 1)])
+def test_inplace_apply_is_the_same_bits(size, block, count):
+    """The online path's in-place form (explicit mm/bmm outputs, two buffers) makes the calls
+    torch.matmul makes: one, two and three factors (3072 = 12 x 128 x 2)."""
+    from benchmark.hadamard import apply_factors
+
+    rotation = HadamardRotation(size, block, random_signs=True)
+    factors, signs = rotation._cast_like(torch.empty(0))
+    x = torch.randn(3, 5, size, generator=torch.Generator().manual_seed(size)) * 4
+    want = apply_factors(x, factors, signs, rotation.block)
+    mine = x.clone()
+    got = apply_factors(mine, factors, signs, rotation.block, inplace=True)
+    assert len(factors) == count
+    assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())

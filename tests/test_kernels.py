@@ -6,6 +6,9 @@ interpreter runs every program in Python.
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -214,6 +217,38 @@ def test_transformed_linear_on_the_compiled_kernel():
     want = group(x)[0]
     assert group.use_kernel("compile").describe()["kernel"] == "compile"
     assert torch.equal(group(x)[0], want)
+
+
+_COMPILED_MATCHES_EAGER = """
+import torch
+from benchmark.hadamard import HadamardRotation
+from benchmark.kernels import torch_transform_quantize
+from benchmark.kernels.compiled import compiled_transform_quantize
+x = torch.randn(4, 8, 192, generator=torch.Generator().manual_seed(0)) + 3
+mu, rotation = x.mean(-2, keepdim=True), HadamardRotation(192, random_signs=True)
+print(all(torch.equal(compiled_transform_quantize(x, mu, None, rotation, 4, grid=grid),
+                      torch_transform_quantize(x, mu, None, rotation, 4, grid=grid))
+          for grid in ("zero_point", "min_anchored")))
+"""
+
+
+@compiler
+def test_compiled_kernel_cache_is_kept_apart_per_vector_width(tmp_path):
+    """Pinned numerics (AVX2, 8 lanes) and a native AVX-512 process (16 lanes) share inductor's
+    graph cache. Before ``pin_vector_width`` the second reloaded the first's 8-lane loops: its
+    outputs were wrong (and larger shapes corrupted the heap)."""
+    from torch._inductor import cpu_vec_isa
+
+    if max((isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()), default=0) <= 256:
+        pytest.skip("needs a CPU with vectors wider than AVX2's")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    for capability in ("avx2", None):  # the pinned process first, then the native one
+        env.pop("ATEN_CPU_CAPABILITY", None)
+        if capability:
+            env["ATEN_CPU_CAPABILITY"] = capability
+        run = subprocess.run([sys.executable, "-c", _COMPILED_MATCHES_EAGER], env=env,
+                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        assert run.returncode == 0 and run.stdout.split()[-1] == "True", (capability, run.stderr[-500:])
 
 
 def test_compile_kernel_needs_a_compiler(monkeypatch):

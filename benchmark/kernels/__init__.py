@@ -193,7 +193,7 @@ def torch_transform_quantize(
     if multiplier is not None:
         h = h * multiplier if h is x else h.mul_(multiplier)
     if factors is not None:
-        h = apply_factors(h, factors, None, rotation.block)
+        h = apply_factors(h, factors, None, rotation.block, inplace=h is not x and h.is_contiguous())
     if bits is not None:
         _check_bits(bits)
         h = fake_quantize(h, bits, grid, inplace=h is not x)

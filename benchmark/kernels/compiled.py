@@ -20,7 +20,7 @@ import torch
 from ..hadamard import HadamardRotation, apply_factors
 from ..quant import DEFAULT_GRID, GRIDS, _check_bits, fake_quantize
 
-__all__ = ["compile_available", "compiled_transform_quantize"]
+__all__ = ["compile_available", "compiled_transform_quantize", "pin_vector_width"]
 
 
 def compile_available(device: torch.device | str) -> tuple[bool, str]:
@@ -57,7 +57,21 @@ def _compiled():
     # it would fall back to eager without a word.
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
+    pin_vector_width()
     return torch.compile(_online, dynamic=None)
+
+
+def pin_vector_width() -> None:
+    """Name the CPU vector width in inductor's config, which its on-disk graph cache keys on.
+
+    Left unset, inductor picks the width from ATEN_CPU_CAPABILITY (pinned numerics: AVX2, 8
+    lanes) or the CPU (AVX-512, 16), and the cache key does not say which: loops generated for
+    8 lanes, reloaded by a process whose vectors hold 16, write past their buffers (torch
+    2.13: wrong outputs, then heap corruption). A user's own setting is kept."""
+    from torch._inductor import config, cpu_vec_isa
+
+    if config.cpp.simdlen is None:
+        config.cpp.simdlen = cpu_vec_isa.pick_vec_isa().bit_width()
 
 
 def compiled_transform_quantize(
