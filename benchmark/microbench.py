@@ -88,25 +88,27 @@ ROOFLINE_SHAPES = [("embedded attn", 32, 64, 192), ("embedded ffn", 32, 64, 768)
                    ("PixArt attn", 2, 1024, 1152), ("PixArt ffn", 2, 1024, 4608)]
 
 
-def _best(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` calls after a warm-up: the least disturbed on a shared machine.
-    On one thread, the thread's CPU time (time the scheduler gave others is not counted);
-    on several, wall-clock time."""
+def _best(fns, repeats: int) -> list[float]:
+    """Fastest of ``repeats`` calls of each function after a warm-up: the least disturbed on
+    a shared machine. The functions take turns, call by call, so a slow spell of the machine
+    falls on all of them rather than on one. On one thread, the thread's CPU time (time the
+    scheduler gave others is not counted); on several, wall-clock time."""
     clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = clock()
+    for fn in fns:
         fn()
-        times.append(clock() - start)
-    return min(times)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = clock()
+            fn()
+            best[i] = min(best[i], clock() - start)
+    return best
 
 
-def matmul_throughput(size: int = 1024, repeats: int = 5) -> float:
-    """The machine's fp32 matmul throughput (flop/s) on a square ``size`` matmul."""
+def _square_matmul(size: int = 1024):
     a, b = torch.randn(size, size), torch.randn(size, size)
     out = torch.empty(size, size)
-    return 2 * size**3 / _best(lambda: torch.mm(a, b, out=out), repeats)
+    return 2 * size**3, lambda: torch.mm(a, b, out=out)
 
 
 def online_cost(samples: int, tokens: int, channels: int, rotation) -> tuple[int, int]:
@@ -118,15 +120,18 @@ def online_cost(samples: int, tokens: int, channels: int, rotation) -> tuple[int
 
 
 @torch.no_grad()
-def roofline_table(kernels=("torch",), repeats: int = 10, bits: int = 4) -> str:
+def roofline_table(kernels=("torch",), repeats: int = 20, bits: int = 4) -> str:
     """Per shape: bytes, flops, the time the measured copy bandwidth (a copy of the same
     tensor: read once, write once) and matmul throughput allow, the time taken by each
-    kernel, and the ratio taken / allowed."""
+    kernel, and the ratio taken / allowed. The copy, a 1024^3 matmul (the peak) and the
+    kernels take turns in every repeat, and the peak (a 1024^3 matmul) is measured just before
+    each shape, so a ratio compares times taken in the same spell of a shared machine."""
     from .hadamard import HadamardRotation
     from .kernels import online_function
 
-    peak = matmul_throughput()
-    rows = []
+    kernels = [(k, online_function(k)) if isinstance(k, str) else k for k in kernels]  # or (label, fn)
+    square_flops, square = _square_matmul()
+    rows, peaks = [], []
     for label, samples, tokens, channels in ROOFLINE_SHAPES:
         x = synthetic_activations(channels, samples=samples, tokens=tokens)
         mu = x.mean(dim=-2, keepdim=True)
@@ -134,22 +139,24 @@ def roofline_table(kernels=("torch",), repeats: int = 10, bits: int = 4) -> str:
         rotation = HadamardRotation(channels)
         nbytes, flops = online_cost(samples, tokens, channels, rotation)
         out = torch.empty_like(x)
-        copy = _best(lambda: out.copy_(x), repeats)
+        peak = square_flops / _best([square], 5)[0]  # on its own: its 12 MB would flush the caches
+        calls = [lambda: out.copy_(x)] + [
+            (lambda run=run: run(x, mu, inv_scale, rotation, bits)) for _, run in kernels]
+        copy, *taken = _best(calls, repeats)
+        peaks.append(peak)
         allowed = max(copy, flops / peak)
-        for kernel in kernels:  # a kernel name, or (label, function) to compare another path
-            kernel, run = (kernel, online_function(kernel)) if isinstance(kernel, str) else kernel
-            taken = _best(lambda: run(x, mu, inv_scale, rotation, bits), repeats)
+        for (kernel, _), t in zip(kernels, taken):
             rows.append([label, f"{samples}x{tokens}x{channels}", f"{nbytes / 1e6:.1f}",
                          f"{flops / 1e6:.0f}", f"{nbytes / copy / 1e9:.1f}", f"{copy * 1e3:.2f}",
-                         f"{flops / peak * 1e3:.2f}", kernel, f"{taken * 1e3:.2f}",
-                         f"{taken / allowed:.1f}"])
+                         f"{peak / 1e9:.0f}", f"{flops / peak * 1e3:.2f}", kernel, f"{t * 1e3:.2f}",
+                         f"{t / allowed:.1f}"])
     clock = "thread CPU time" if torch.get_num_threads() == 1 else "wall-clock time"
-    header = (f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s (1024^3), copy bandwidth measured per "
-              f"shape; HadaNorm online part (centre, scale, full Hadamard, A{bits}), fp32, "
-              f"{torch.get_num_threads()} thread(s), best of {repeats} by {clock}\n\n")
+    header = (f"HadaNorm online part (centre, scale, full Hadamard, A{bits}), fp32, "
+              f"{torch.get_num_threads()} thread(s); per shape, the peak of a 1024^3 fp32 matmul, then "
+              f"the copy and each kernel taking turns, best of {repeats} by {clock}\n\n")
     return header + tabulate(rows, headers=["shape", "samples x tokens x C", "MB moved", "MFLOP",
-                                            "copy GB/s", "copy ms", "matmul ms", "kernel",
-                                            "taken ms", "x roofline"], tablefmt="github")
+                                            "copy GB/s", "copy ms", "peak GFLOP/s", "matmul ms",
+                                            "kernel", "taken ms", "x roofline"], tablefmt="github")
 
 
 @torch.no_grad()
@@ -240,7 +247,7 @@ def main(precision: str = "w4a4", repeats: int = 5, roofline: bool = False, kern
     if roofline or bf16 or memory:
         if roofline:
             print("\nRoofline of the online transform:\n")
-            print(roofline_table(kernels, repeats=max(repeats, 10)))
+            print(roofline_table(kernels, repeats=max(repeats, 20)))
         if bf16:
             print("\nbf16 inputs, W6A6 activations: the online part's precision:\n")
             print(bf16_table())
