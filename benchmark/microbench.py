@@ -123,15 +123,15 @@ def online_cost(samples: int, tokens: int, channels: int, rotation) -> tuple[int
 def roofline_table(kernels=("torch",), repeats: int = 20, bits: int = 4) -> str:
     """Per shape: bytes, flops, the time the measured copy bandwidth (a copy of the same
     tensor: read once, write once) and matmul throughput allow, the time taken by each
-    kernel, and the ratio taken / allowed. The copy, a 1024^3 matmul (the peak) and the
-    kernels take turns in every repeat, and the peak (a 1024^3 matmul) is measured just before
-    each shape, so a ratio compares times taken in the same spell of a shared machine."""
+    kernel, and the ratio taken / allowed. The peak (a 1024^3 matmul) is measured just before
+    each shape and the copy and the kernels take turns in every repeat, so a ratio compares
+    times taken in the same spell of a shared machine."""
     from .hadamard import HadamardRotation
     from .kernels import online_function
 
     kernels = [(k, online_function(k)) if isinstance(k, str) else k for k in kernels]  # or (label, fn)
     square_flops, square = _square_matmul()
-    rows, peaks = [], []
+    rows = []
     for label, samples, tokens, channels in ROOFLINE_SHAPES:
         x = synthetic_activations(channels, samples=samples, tokens=tokens)
         mu = x.mean(dim=-2, keepdim=True)
@@ -143,7 +143,6 @@ def roofline_table(kernels=("torch",), repeats: int = 20, bits: int = 4) -> str:
         calls = [lambda: out.copy_(x)] + [
             (lambda run=run: run(x, mu, inv_scale, rotation, bits)) for _, run in kernels]
         copy, *taken = _best(calls, repeats)
-        peaks.append(peak)
         allowed = max(copy, flops / peak)
         for (kernel, _), t in zip(kernels, taken):
             rows.append([label, f"{samples}x{tokens}x{channels}", f"{nbytes / 1e6:.1f}",
