@@ -199,9 +199,13 @@ class HadamardRotation(torch.nn.Module):
         self._cast = {}  # .to() / .cuda() move the masters; drop the cached casts
         return super()._apply(fn, recurse)
 
+    def check_width(self, channels: int) -> None:
+        """Raise ValueError unless this rotation is ``channels`` wide."""
+        if channels != self.size:
+            raise ValueError(f"rotation of size {self.size} applied to {channels} channels")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.size:
-            raise ValueError(f"rotation of size {self.size} applied to {x.shape[-1]} channels")
+        self.check_width(x.shape[-1])
         factors, signs = self._cast_like(x)
         return apply_factors(x, factors, signs, self.block)
 

@@ -183,8 +183,7 @@ def torch_transform_quantize(
         inv_scale = None if inv_scale is None else inv_scale.to(compute_dtype)
     factors = signs = None
     if rotation is not None:
-        if x.shape[-1] != rotation.size:
-            raise ValueError(f"rotation of size {rotation.size} applied to {x.shape[-1]} channels")
+        rotation.check_width(x.shape[-1])
         factors, signs = rotation._cast_like(x)
     # The random signs join the per-channel scale: one pass (times +-1 is exact, so the
     # bits are those of scaling, then the signs, then the factors).

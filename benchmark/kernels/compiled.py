@@ -92,8 +92,7 @@ def compiled_transform_quantize(
     factors = signs = None
     block = 0
     if rotation is not None:
-        if x.shape[-1] != rotation.size:
-            raise ValueError(f"rotation of size {rotation.size} applied to {x.shape[-1]} channels")
+        rotation.check_width(x.shape[-1])
         # float32 copies of the factors, cast once per rotation (outside the traced code,
         # so one compiled graph serves every rotation of a shape)
         factors, signs = rotation._cast_like(torch.empty(0, dtype=torch.float32, device=x.device))

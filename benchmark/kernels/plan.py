@@ -124,8 +124,7 @@ def plan_layout(channels: int, rotation: HadamardRotation | None) -> TileLayout:
         if channels not in _plain:
             _plain[channels] = _build(channels, None)
         return _plain[channels]
-    if rotation.size != channels:
-        raise ValueError(f"rotation of size {rotation.size} applied to {channels} channels")
+    rotation.check_width(channels)
     layout = _layouts.get(rotation)
     if layout is None:
         layout = _layouts[rotation] = _build(channels, rotation)
