@@ -337,3 +337,33 @@ def test_gpu_perf_model_swap_on_a_tiny_pixart():
         assert torch.equal(model(**inputs)[0], full)
     assert not torch.equal(outs[0], full)  # quantization did happen
     assert torch.allclose(outs[1], outs[0], rtol=0, atol=1e-4 * outs[0].abs().max().item())
+
+
+@needs_triton
+@needs_interpreter
+def test_gpu_check_script_runs_as_its_cpu_twin(capsys):
+    """The GPU check script itself, on the CPU under the interpreter: every case passes."""
+    from benchmark.kernels import gpu_check
+
+    status = gpu_check.main(["--device", "cpu", "--tokens", "8", "--cases", "128-full-signs", "1152-none",
+                             "--dtypes", "fp32", "bf16", "--bits", "4", "None", "--paths", "split3"])
+    out = capsys.readouterr().out
+    assert status == 0 and "ALL PASS" in out
+    assert out.count("PASS 128-full-signs") == 2 * 2 * 2  # dtypes x bits x grids
+
+
+@needs_triton
+@needs_interpreter
+def test_gpu_perf_script_runs_as_its_cpu_twin(capsys):
+    """The GPU performance script on the CPU twin: a kernel row per transform, a model row per
+    transform with the torch and fused paths' ratios to full precision."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("tabulate")
+    from benchmark.kernels import gpu_perf
+
+    assert gpu_perf.main(["--device", "cpu", "--tokens", "16", "--latent", "8", "--layers", "1",
+                          "--text-tokens", "4", "--iters", "1", "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    for name in gpu_perf.TRANSFORMS:
+        assert f"PixArt step w4a4 {name} " in out
+    assert "hadanorm-block128 a4" in out and "PixArt step fp" in out

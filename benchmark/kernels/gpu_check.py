@@ -6,6 +6,9 @@ mismatch count against the torch reference computed in float32 (the kernel's num
 ``benchmark.kernels``), and, for information, against the native-dtype torch path. Output
 buffers are filled with NaN first, so an element the kernel never writes shows up. Exit
 status 1 when any case fails, 2 when there is no CUDA device or no triton.
+
+``--device cpu`` runs the same script under Triton's interpreter (``TRITON_INTERPRET=1``):
+the script's CPU twin, which the tests run on a few small cases.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 
 from ..hadamard import HadamardRotation
 from ..quant import GRIDS
-from . import compare_outputs, fused_transform_quantize, torch_transform_quantize, triton_available
+from . import (PRECISIONS, compare_outputs, fused_transform_quantize, interpreting,
+               torch_transform_quantize, triton_available)
 from .compiled import compiled_transform_quantize
 
 # name: (channels, rotation block (None: full, 0: none), random signs, center, scale)
@@ -37,10 +41,13 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BITS = (2, 3, 4, 5, 6, 7, 8, None)
 
 
-def require_gpu() -> None:
-    """Exit with status 2 and a clear message when the GPU scripts cannot run here."""
+def require_gpu(device: str = "cuda") -> None:
+    """Exit with status 2 and a clear message when the GPU scripts cannot run on ``device``."""
     why = None
-    if not torch.cuda.is_available():
+    if device == "cpu":
+        if not interpreting():
+            why = "--device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1"
+    elif not torch.cuda.is_available():
         why = ("no CUDA device: the GPU scripts need one (CI runs the same kernels under "
                "TRITON_INTERPRET=1 in tests/test_kernels.py)")
     elif not triton_available():
@@ -50,9 +57,9 @@ def require_gpu() -> None:
         raise SystemExit(2)
 
 
-def inputs(channels, dtype, center, scale, samples, tokens, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    kw = dict(generator=gen, device="cuda")
+def inputs(channels, dtype, center, scale, samples, tokens, seed=0, device="cuda"):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    kw = dict(generator=gen, device=device)
     x = (torch.randn(samples, tokens, channels, **kw)
          * (0.1 + 4 * torch.rand(channels, **kw) ** 4) + 2 * torch.randn(channels, **kw)).to(dtype)
     mu = x.mean(dim=-2, keepdim=True) if center else None
@@ -62,32 +69,44 @@ def inputs(channels, dtype, center, scale, samples, tokens, seed=0):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cpu: the interpreter twin (needs TRITON_INTERPRET=1)")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=1024, help="tokens per sample")
-    parser.add_argument("--precision", nargs="+", default=["split3", "tf32x3", "ieee"],
-                        help="tl.dot input precisions to check")
+    parser.add_argument("--paths", nargs="+", default=[*PRECISIONS, "compile"],
+                        choices=[*PRECISIONS, "compile"],
+                        help="the fused kernel at these tl.dot precisions, and/or the "
+                             "torch.compile path (--kernel compile)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--bits", nargs="+", default=[str(b) for b in BITS],
+                        choices=[str(b) for b in BITS], help="activation bits; None: no quantization")
     parser.add_argument("--grid", nargs="+", default=list(GRIDS), choices=GRIDS,
                         help="quantization grids to check")
-    parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="skip the torch.compile path (--kernel compile)")
     parser.add_argument("--max-fraction", type=float, default=2e-3,
                         help="largest allowed fraction of one-step mismatches")
     args = parser.parse_args(argv)
-    require_gpu()
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+    require_gpu(args.device)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
+    print(f"device: {name}, torch {torch.__version__}, "
           f"{args.samples}x{args.tokens} tokens per case", flush=True)
     failures = 0
-    for name, (channels, block, signs, center, scale) in CASES.items():
-        rotation = None if block == 0 else HadamardRotation(channels, block, signs, seed=3).cuda()
-        for dname, dtype in DTYPES.items():
-            x, mu, inv_scale = inputs(channels, dtype, center, scale, args.samples, args.tokens)
-            for bits, grid in [(b, g) for b in BITS for g in args.grid]:
+    bit_list = [None if b == "None" else int(b) for b in args.bits]
+    for name in args.cases:
+        channels, block, signs, center, scale = CASES[name]
+        rotation = None if block == 0 else HadamardRotation(channels, block, signs, seed=3).to(args.device)
+        # without a rotation there is no dot: one precision stands for all
+        precisions = [p for p in args.paths if p != "compile"][:None if rotation is not None else 1]
+        paths = precisions + (["compile"] if "compile" in args.paths else [])
+        for dname in args.dtypes:
+            dtype = DTYPES[dname]
+            x, mu, inv_scale = inputs(channels, dtype, center, scale, args.samples, args.tokens,
+                                      device=args.device)
+            for bits, grid in [(b, g) for b in bit_list for g in args.grid]:
                 ref = torch_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid)
                 native = torch_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid,
                                                   compute_dtype=None)
-                # the fused kernel at each dot precision, then the compiled torch path
-                paths = [*(args.precision if rotation is not None else args.precision[:1]), "compile"]
-                for path in paths if args.compile else paths[:-1]:
+                for path in paths:
                     out = torch.full_like(x, float("nan"))
                     try:
                         if path == "compile":
@@ -95,7 +114,8 @@ def main(argv=None) -> int:
                         else:
                             fused_transform_quantize(x, mu, inv_scale, rotation, bits, out=out,
                                                      precision=path, grid=grid)
-                        torch.cuda.synchronize()
+                        if x.is_cuda:
+                            torch.cuda.synchronize()
                         report = compare_outputs(out, ref, bits)
                         verdict = "PASS" if report.ok(args.max_fraction) else "FAIL"
                         detail = f"{report} | vs native {dname} torch: {compare_outputs(out, native, bits)}"

@@ -15,7 +15,8 @@ Prints one table:
 
 The W4A4 model is quantized with the model adapters' own target swapping (q/k/v share one
 transform of their input, as do the cross-attention k/v); the fused path is the kernel
-choice ``kernel="triton"`` that ``hadabench run --kernel`` makes.
+choice ``kernel="triton"`` that ``hadabench run --kernel`` makes. ``--device cpu`` is the
+script's CPU twin under Triton's interpreter (tests, at tiny sizes; its times mean nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 
 import torch
 
@@ -96,40 +98,49 @@ def pixart_inputs(model, batch: int, text_tokens: int, device, dtype):
 
 # --- timing ---
 
-def cuda_ms(fn, warmup: int = 3, iters: int = 10) -> float:
-    """Median milliseconds of ``fn()`` over ``iters`` runs, by CUDA events."""
+def device_ms(fn, warmup: int = 3, iters: int = 10, device: str = "cuda") -> float:
+    """Median milliseconds of ``fn()`` over ``iters`` runs: CUDA events on a GPU, the wall
+    clock on the CPU twin."""
+    cuda = device == "cuda"
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     times = []
     for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            start = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+def copy_bandwidth(nbytes: int = 1 << 30, device: str = "cuda") -> float:
     """Measured device-to-device copy bandwidth in bytes/s (read + write)."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
+    ms = device_ms(lambda: dst.copy_(src), iters=20, device=device)
     return 2 * nbytes / (ms * 1e-3)
 
 
 def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float,
-                compiled: bool = True) -> list[list]:
+                compiled: bool = True, device: str = "cuda", widths=(1152, 4608)) -> list[list]:
     rows = []
-    for channels in (1152, 4608):
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(samples, tokens // samples, channels, generator=gen, device="cuda").to(dtype)
+    time_ms = lambda fn: device_ms(fn, device=device)  # noqa: E731
+    for channels in widths:
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(samples, tokens // samples, channels, generator=gen, device=device).to(dtype)
         mu = x.mean(dim=-2, keepdim=True)
-        inv_scale = (torch.rand(channels, generator=gen, device="cuda") + 0.5).to(dtype)
+        inv_scale = (torch.rand(channels, generator=gen, device=device) + 0.5).to(dtype)
         elt = x.element_size()
-        mean_ms = cuda_ms(lambda: x.mean(dim=-2, keepdim=True))
+        mean_ms = time_ms(lambda: x.mean(dim=-2, keepdim=True))
         mean_bytes = x.numel() * elt
         # mu comes from torch's mean (a reduction over tokens, before the fused pass); its
         # bandwidth columns are torch's here.
@@ -137,12 +148,12 @@ def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float,
                      mean_bytes / (mean_ms * 1e-3) / 1e9, 100 * mean_bytes / (mean_ms * 1e-3) / copy_bw,
                      None, None, None])
         for name, (center, scale, block, signs) in KERNELS.items():
-            rot = None if block == 0 else HadamardRotation(channels, block, signs, seed=0).cuda()
+            rot = None if block == 0 else HadamardRotation(channels, block, signs, seed=0).to(device)
             args = (x, mu if center else None, inv_scale if scale else None, rot, bits)
             out = torch.empty_like(x)
-            torch_ms = cuda_ms(lambda: torch_transform_quantize(*args))
-            fused_ms = cuda_ms(lambda: fused_transform_quantize(*args, out=out))
-            compile_ms = cuda_ms(lambda: compiled_transform_quantize(*args)) if compiled else None
+            torch_ms = time_ms(lambda: torch_transform_quantize(*args))
+            fused_ms = time_ms(lambda: fused_transform_quantize(*args, out=out))
+            compile_ms = time_ms(lambda: compiled_transform_quantize(*args)) if compiled else None
             layout = plan_layout(channels, rot)
             moved = 2 * x.numel() * elt + (mu.numel() * elt if center else 0) \
                 + (channels * elt if scale else 0) + (channels * 4 if signs else 0) \
@@ -155,15 +166,16 @@ def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float,
 
 
 def model_rows(latent: int, layers: int, batch: int, text_tokens: int, dtype, iters: int,
-               compiled: bool = True) -> list[list]:
-    model = build_pixart(latent, layers).to("cuda", dtype)
-    inputs = pixart_inputs(model, batch, text_tokens, "cuda", dtype)
+               compiled: bool = True, device: str = "cuda", **size) -> list[list]:
+    """``size``: build_pixart's heads, head_dim and caption_channels (the CPU twin's tiny model)."""
+    model = build_pixart(latent, layers, **size).to(device, dtype)
+    inputs = pixart_inputs(model, batch, text_tokens, device, dtype)
 
     def step():
         with torch.no_grad():
             model(**inputs)
 
-    fp_ms = cuda_ms(step, warmup=2, iters=iters)
+    fp_ms = device_ms(step, warmup=2, iters=iters, device=device)
     rows = [["PixArt step fp", f"{(latent // 2) ** 2} tok", fp_ms, None, None, None, None, None, None,
              1.0, None, None]]
     for name, params in TRANSFORMS.items():
@@ -171,10 +183,11 @@ def model_rows(latent: int, layers: int, batch: int, text_tokens: int, dtype, it
         for kernel in ("torch", "triton", "compile") if compiled else ("torch", "triton"):
             restore = swap_in(model, name, params, "w4a4", kernel=kernel)
             try:
-                times[kernel] = cuda_ms(step, warmup=2, iters=iters)
+                times[kernel] = device_ms(step, warmup=2, iters=iters, device=device)
             finally:
                 restore()
-                torch.cuda.empty_cache()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
         comp = times.get("compile")
         rows.append([f"PixArt step w4a4 {name}", f"{(latent // 2) ** 2} tok", times["torch"],
                      times["triton"], comp, times["torch"] / times["triton"], None, None, None,
@@ -184,6 +197,8 @@ def model_rows(latent: int, layers: int, batch: int, text_tokens: int, dtype, it
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cpu: the interpreter twin at tiny sizes (needs TRITON_INTERPRET=1)")
     parser.add_argument("--tokens", type=int, default=8192, help="rows of the kernel benchmark")
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--latent", type=int, default=128, help="latent side (128 -> 4096 tokens)")
@@ -195,17 +210,23 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile path (--kernel compile)")
     args = parser.parse_args(argv)
-    require_gpu()
+    require_gpu(args.device)
     from tabulate import tabulate
 
     dtype = torch.bfloat16
-    copy_bw = copy_bandwidth()
-    print(f"device: {torch.cuda.get_device_name()}; measured D2D copy bandwidth "
+    gpu = args.device == "cuda"
+    copy_bw = copy_bandwidth(device=args.device) if gpu else copy_bandwidth(1 << 24, "cpu")
+    name = torch.cuda.get_device_name() if gpu else "cpu (Triton interpreter: times mean nothing)"
+    print(f"device: {name}; torch {torch.__version__}; measured copy bandwidth "
           f"{copy_bw / 1e9:.0f} GB/s; bf16", flush=True)
-    rows = kernel_rows(args.tokens, args.batch, args.bits, dtype, copy_bw, args.compile)
+    # the CPU twin: a width of each kind (full Hadamard, block) and a tiny PixArt
+    twin = {} if gpu else dict(widths=(256,))
+    rows = kernel_rows(args.tokens, args.batch, args.bits, dtype, copy_bw, args.compile, args.device,
+                       **twin)
     if not args.skip_model:
+        size = {} if gpu else dict(heads=2, head_dim=64, caption_channels=32)
         rows += model_rows(args.latent, args.layers, args.batch, args.text_tokens, dtype, args.iters,
-                           args.compile)
+                           args.compile, args.device, **size)
     headers = ["what", "size", "torch ms", "fused ms", "compile ms", "fused speed-up", "fused MB moved",
                "fused GB/s", "% of copy bw", "torch / fp", "fused / fp", "compile / fp"]
     print(tabulate(rows, headers=headers, floatfmt=".3g", missingval="-"))
