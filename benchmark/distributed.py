@@ -26,6 +26,7 @@ Objects travel over a gloo group (CPU memory), whatever backend the launcher cho
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Iterator, Sequence
@@ -50,10 +51,23 @@ def share(batches: int, parts: int, index: int) -> range:
 @dataclass
 class Outcome:
     """One job's gathered result: ``parts`` in batch order, or the first error in batch order
-    (``"Type: message"``)."""
+    (``"Type: message"``) and where it was raised (``raised_at``)."""
 
     parts: list
     error: str | None = None
+    raised_at: str | None = None
+
+
+def raised_at(error: BaseException) -> str | None:
+    """``file:line in function`` of the innermost frame of ``error``'s traceback outside the
+    installed packages and the standard library (the project's or a plugin's code), else the
+    innermost frame: the place to look when a cell fails."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return None
+    ours = [f for f in frames if "site-packages" not in f.filename and "/lib/python" not in f.filename]
+    frame = (ours or frames)[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
 class Processes:
@@ -157,7 +171,8 @@ class Processes:
                     try:
                         mine = (team, taken.start, None, work(round_jobs[team], part))
                     except Exception as error:  # reported to the others, who fail the job too
-                        mine = (team, taken.start, f"{type(error).__name__}: {error}", None)
+                        mine = (team, taken.start, (f"{type(error).__name__}: {error}", raised_at(error)),
+                                None)
             gathered = self._exchange((self._round, len(round_jobs), mine), everywhere)
             if gathered is None:
                 continue
@@ -170,7 +185,7 @@ class Processes:
                                 if got is not None and got[0] == index
                                 for _, first, error, payload in [got])
                 errors = [error for _, error, _ in pieces if error is not None]
-                yield job, Outcome([payload for _, _, payload in pieces], errors[0] if errors else None)
+                yield job, Outcome([payload for _, _, payload in pieces], *(errors[0] if errors else ()))
 
     def finish(self, code: int) -> int:
         """The main process's exit code on every process, once all have arrived."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GRIDS", "Precision", "fake_quantize", "quantize_activation", "quantize_weight"]
+__all__ = ["GRIDS", "Precision", "fake_quantize", "grid_step", "quantize_activation", "quantize_weight"]
 
 MIN_BITS, MAX_BITS = 2, 8
 GRIDS = ("zero_point", "min_anchored")
@@ -95,6 +95,17 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
 
 
+def grid_step(lo: torch.Tensor, hi: torch.Tensor, bits: int, grid: str = DEFAULT_GRID) -> torch.Tensor:
+    """The step of the grid ``fake_quantize`` puts on rows of min ``lo`` and max ``hi``.
+
+    zero_point: the range widened to hold 0 (then the zero point is an integer in [0, levels]);
+    min_anchored: the range itself. An empty range gets step 1 (its values are exact)."""
+    if grid == "zero_point":
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    step = (hi - lo) / (2**bits - 1)
+    return torch.where(step > 0, step, torch.ones_like(step))
+
+
 def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
                   inplace: bool = False, traceable: bool = False) -> torch.Tensor:
     """Asymmetric min-max fake quantization along the last dimension, on ``grid``.
@@ -102,23 +113,19 @@ def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
     ``inplace``: overwrite ``x`` (the caller's own buffer) instead of allocating the result.
     ``traceable``: no data-dependent branch, for torch.compile (a NaN row comes out NaN, as
     from the fused kernel, instead of raising); the values are the same."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}: use {' or '.join(GRIDS)}")
     # amin and amax, not aminmax: the same values, and several times faster on the CPU
     lo, hi = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
     if not traceable and (torch.isnan(lo).any() or torch.isnan(hi).any()):
         raise ValueError("cannot quantize a tensor that contains NaN")
     levels = 2**bits - 1
     q = x if inplace else torch.empty_like(x)
+    step = grid_step(lo, hi, bits, grid)
     if grid == "min_anchored":
-        step = (hi - lo) / levels
-        step = torch.where(step > 0, step, torch.ones_like(step))  # constant row: exact at lo
         torch.sub(x, lo, out=q).div_(step).round_().clamp_(0, levels)  # one buffer, fewer passes
         return q.mul_(step).add_(lo)
-    if grid != "zero_point":
-        raise ValueError(f"unknown grid {grid!r}: use {' or '.join(GRIDS)}")
-    low, high = lo.clamp(max=0), hi.clamp(min=0)  # the range holds 0: zero in [0, levels]
-    step = (high - low) / levels
-    step = torch.where(step > 0, step, torch.ones_like(step))  # all-zero row: q = zero = 0
-    zero = low.neg().div_(step).round_()
+    zero = lo.clamp(max=0).neg_().div_(step).round_()
     # clamp(round(x / step) + zero, 0, levels) - zero: integers, exact in fp32. Only the top
     # bound can bind: x >= min and round is odd-symmetric, so round(x / step) >= -zero.
     # torch.minimum, not clamp_ with tensor bounds: the same values, several times faster.

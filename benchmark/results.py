@@ -6,7 +6,8 @@ Schema ``hadabench.results/1`` (documented in full in README.md, "Results"):
     metric_setup, reference (full-precision row), calibration,
     cells: {"<precision>/<transform label>": cell}
 
-A cell: precision, transform, label, params, status ("ok" or "failed"), reason, metrics
+A cell: precision, transform, label, params, status ("ok" or "failed"), reason and
+raised_at (a failed cell's error and the file:line that raised it), metrics
 (aggregates), per_sample, groups (what each quantized group did), timings, kernel.
 Infinite SQNR (identical outputs) is written as the string "inf": JSON has no infinity.
 """
@@ -96,7 +97,8 @@ class Each:
 NUMBER = (float, {"inf", "-inf", "nan"})  # JSON has no infinity: "inf" (see _encode)
 METRIC = ({"value": (NUMBER, None), "reason": OptionalKey((str, None))}, NUMBER, None)
 CELL = {"precision": str, "transform": str, "label": str, "status": {OK, FAILED},
-        "reason": OptionalKey((str, None)), "params": OptionalKey(dict), "metrics": Each(METRIC),
+        "reason": OptionalKey((str, None)), "raised_at": OptionalKey((str, None)),
+        "params": OptionalKey(dict), "metrics": Each(METRIC),
         "per_sample": OptionalKey(dict), "groups": OptionalKey(dict), "timings": OptionalKey(Each(NUMBER))}
 RESULTS = {
     "schema": {SCHEMA}, "config_hash": str, "model": dict, "captions": dict,

@@ -35,7 +35,7 @@ from .calibration import DEFAULT_CACHE, caption_seeds
 from . import numerics
 from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
-from .distributed import BATCH_SIZE, Processes, is_main_process
+from .distributed import BATCH_SIZE, Processes, is_main_process, raised_at
 from .metrics.registry import METRIC_SPECS
 from .stats import recorded_half_width
 from .quant import Precision
@@ -400,7 +400,8 @@ class Run:
                 "params": dict(spec.params), "source": source.source, "code": source.code,
                 "status": OK, "reason": None, "metrics": {}, "per_sample": {}, "groups": {}, "timings": {},
                 "subset": (subset or self.subset).to_json()}
-        reason = outcome.error  # the transform is under test: fail its cell, go on
+        # the transform is under test: fail its cell, go on
+        reason, where = outcome.error, outcome.raised_at
         if reason is None:
             try:
                 first = outcome.parts[0]
@@ -423,9 +424,9 @@ class Run:
                 if subset is None:
                     save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
             except Exception as error:
-                reason = f"{type(error).__name__}: {error}"
+                reason, where = f"{type(error).__name__}: {error}", raised_at(error)
         if reason is not None:
-            cell["status"], cell["reason"] = FAILED, reason
+            cell["status"], cell["reason"], cell["raised_at"] = FAILED, reason, where
             self.failed += 1
         self.results["cells"][key] = cell
         self._save()

@@ -53,7 +53,8 @@ class CalibrationStats:
     Statistics are over all calibration tokens of all samples; "centered" means each
     token minus the mean of its own sample (what a centering transform quantizes).
     ``sample`` is a bounded subsample of raw activations, (samples, tokens, channels),
-    for searches such as ``alpha="auto"``.
+    for searches such as ``alpha="auto"``. They live on the CPU, wherever the activations
+    were (as when read back from the calibration cache); a transform moves what it uses.
     """
 
     absmax: torch.Tensor
@@ -83,11 +84,11 @@ class CalibrationStats:
         else:
             sample = x
         return cls(
-            absmax=x.abs().amax(dim=(0, 1)),
-            centered_absmax=centered.abs().amax(dim=(0, 1)),
-            mean=x.mean(dim=(0, 1)),
+            absmax=x.abs().amax(dim=(0, 1)).cpu(),
+            centered_absmax=centered.abs().amax(dim=(0, 1)).cpu(),
+            mean=x.mean(dim=(0, 1)).cpu(),
             tokens=x.shape[0] * x.shape[1],
-            sample=sample.clone(),
+            sample=sample.cpu().clone(),
         )
 
     def merge(self, other: "CalibrationStats", max_sample_tokens: int = 4096) -> "CalibrationStats":
@@ -292,8 +293,10 @@ class AffineTransform(Transform):
         if stats is None:
             raise ValueError(f"transform {self.name!r} scales channels (alpha={self.alpha!r}) "
                              "and needs calibration statistics")
+        # the scales are computed on the CPU in float32, whatever device the model and the
+        # statistics are on (statistics collected on a GPU and passed in by hand can be there)
         weight = torch.cat([lin.weight.detach() for lin in linears]).float().cpu()
-        absmax = stats.centered_absmax if self.center else stats.absmax
+        absmax = (stats.centered_absmax if self.center else stats.absmax).float().cpu()
         if self.alpha != "auto":
             scale = smoothquant_scale(absmax, weight, float(self.alpha))
             return self._build(linears, precision, scale, rotation, {"alpha": float(self.alpha)})

@@ -133,3 +133,17 @@ def test_shipped_caption_sets_are_disjoint():
     root = Path(__file__).resolve().parents[1] / "datasets" / "embedded"
     calibration, evaluation = read_captions(root / "calibration.txt"), read_captions(root / "evaluation.txt")
     assert len(calibration) == len(evaluation) == 64 and not set(calibration) & set(evaluation)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU scripts' day)")
+def test_statistics_of_gpu_activations_live_on_the_cpu_and_scale_a_gpu_model():
+    """Fresh statistics of GPU activations are where cached ones are read back (the CPU): a
+    scaling transform then quantizes a GPU model from either. (A GPU run once failed every
+    HadaNorm cell whose calibration was collected in the same process, not read back.)"""
+    from benchmark import quantize_linear
+
+    x = torch.randn(2, 16, 32, device="cuda")
+    stats = CalibrationStats.from_activations(x)
+    assert {t.device.type for t in (stats.absmax, stats.centered_absmax, stats.mean, stats.sample)} == {"cpu"}
+    module = quantize_linear(torch.nn.Linear(32, 8).cuda(), "hadanorm", "w4a4", calibration=stats, alpha=0.5)
+    assert torch.isfinite(module(x)).all()

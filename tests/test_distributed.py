@@ -127,6 +127,7 @@ def test_a_killed_two_process_run_resumes(tmp_path):
     assert list(first["cells"]) == ["w4a4/none", "w4a4/raises"], output
     # a cell failing on the second process fails, with the reason a single process gives
     assert first["cells"]["w4a4/raises"]["reason"] == "RuntimeError: this transform always fails"
+    assert "plugins/failing.py:12 in " in first["cells"]["w4a4/raises"]["raised_at"]  # the plugin's line
 
     output = run_two(tmp_path / "two", SPREAD, code=1)  # 1: cells failed
     second = read_results(results)

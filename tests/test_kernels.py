@@ -21,7 +21,7 @@ from benchmark.kernels import (compare_outputs, fused_supported, fused_transform
                                interpreting, resolve_kernel, torch_transform_quantize,
                                triton_available)
 from benchmark.kernels.plan import plan_layout  # noqa: E402
-from benchmark.quant import Precision  # noqa: E402
+from benchmark.quant import Precision, fake_quantize  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 needs_interpreter = pytest.mark.skipif(
@@ -367,3 +367,20 @@ def test_gpu_perf_script_runs_as_its_cpu_twin(capsys):
     for name in gpu_perf.TRANSFORMS:
         assert f"PixArt step w4a4 {name} " in out
     assert "hadanorm-block128 a4" in out and "PixArt step fp" in out
+
+
+def test_compare_outputs_measures_a_flip_in_true_grid_steps():
+    """A zero-point row that does not reach 0 spans fewer steps than the grid: a one-step flip
+    there is one step given the grid's own step, but 1.5 steps (levels / (levels - 1) at 2
+    bits) by the reference's range alone, on which the GPU check once failed."""
+    from benchmark.quant import grid_step
+
+    x = torch.tensor([[1.2, 1.49, 3.0]])  # the grid holds 0: [0, 3], step 1
+    ref = fake_quantize(x, 2)
+    step = grid_step(x.amin(-1, keepdim=True), x.amax(-1, keepdim=True), 2)
+    assert step.item() == 1.0 and ref.tolist() == [[1.0, 1.0, 3.0]]
+    flipped = ref.clone()
+    flipped[0, 1] = 2.0  # 1.49 rounded up instead of down
+    assert compare_outputs(flipped, ref, 2, step).ok(max_fraction=1.0)  # one element of three
+    assert compare_outputs(flipped, ref, 2, step).max_steps == pytest.approx(1.0, abs=1e-3)
+    assert compare_outputs(flipped, ref, 2).max_steps == pytest.approx(1.5, abs=1e-3)

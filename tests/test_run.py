@@ -94,6 +94,7 @@ def test_a_failing_plugin_fails_only_its_cell(tmp_path, capsys):
     cells = read_results(out)["cells"]
     assert cells["w4a4/raises"]["status"] == "failed"
     assert "RuntimeError: this transform always fails" in cells["w4a4/raises"]["reason"]
+    assert "failing.py:12 in " in cells["w4a4/raises"]["raised_at"]  # where to look
     assert cells["w4a4/makes_nan"]["status"] == "failed"
     assert "NaN" in cells["w4a4/makes_nan"]["reason"]
     assert cells["w4a4/none"]["status"] == "ok"

@@ -242,8 +242,14 @@ class MatchReport:
                 f"max {self.max_steps:.3f} steps, {self.nonfinite} non-finite")
 
 
-def compare_outputs(out: torch.Tensor, ref: torch.Tensor, bits: int | None) -> MatchReport:
-    """Compare a kernel's output with the reference (same shape and dtype)."""
+def compare_outputs(out: torch.Tensor, ref: torch.Tensor, bits: int | None,
+                    step: torch.Tensor | None = None) -> MatchReport:
+    """Compare a kernel's output with the reference (same shape and dtype).
+
+    ``step``: each row's grid step, (rows, 1) or broadcastable (``quant.grid_step`` of the
+    unquantized rows). Without it the step is estimated as the reference row's range over
+    2**bits - 1, which on the zero-point grid can be one step short of the true range and
+    then overstates ``max_steps`` by up to levels / (levels - 1)."""
     eps = torch.finfo(ref.dtype).eps
     a, b = out.float().reshape(-1, out.shape[-1]), ref.float().reshape(-1, ref.shape[-1])
     finite_b, finite_a = torch.isfinite(b), torch.isfinite(a)
@@ -256,8 +262,10 @@ def compare_outputs(out: torch.Tensor, ref: torch.Tensor, bits: int | None) -> M
     bad = finite_a & finite_b & (diff > tol)
     max_steps = 0.0
     if bits is not None and bad.any():
-        step = (b.amax(dim=-1, keepdim=True) - b.amin(dim=-1, keepdim=True)) / (2**bits - 1)
-        step = torch.where(step > 0, step, torch.ones_like(step)).expand_as(b)
+        if step is None:
+            step = (b.amax(dim=-1, keepdim=True) - b.amin(dim=-1, keepdim=True)) / (2**bits - 1)
+            step = torch.where(step > 0, step, torch.ones_like(step))
+        step = step.float().reshape(-1, 1).expand_as(b)
         max_steps = float(((diff - tol)[bad] / step[bad]).max())
     elif bad.any():
         max_steps = float("inf")

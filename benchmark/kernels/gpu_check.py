@@ -19,7 +19,7 @@ import sys
 import torch
 
 from ..hadamard import HadamardRotation
-from ..quant import GRIDS
+from ..quant import GRIDS, grid_step
 from . import (PRECISIONS, compare_outputs, fused_transform_quantize, interpreting,
                torch_transform_quantize, triton_available)
 from .compiled import compiled_transform_quantize
@@ -104,6 +104,10 @@ def main(argv=None) -> int:
                                       device=args.device)
             for bits, grid in [(b, g) for b in bit_list for g in args.grid]:
                 ref = torch_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid)
+                step = None
+                if bits is not None:  # the true grid step, from the unquantized float32 rows
+                    h = torch_transform_quantize(x.float(), mu, inv_scale, rotation, None).reshape(-1, channels)
+                    step = grid_step(h.amin(-1, keepdim=True), h.amax(-1, keepdim=True), bits, grid)
                 native = torch_transform_quantize(x, mu, inv_scale, rotation, bits, grid=grid,
                                                   compute_dtype=None)
                 for path in paths:
@@ -116,9 +120,9 @@ def main(argv=None) -> int:
                                                      precision=path, grid=grid)
                         if x.is_cuda:
                             torch.cuda.synchronize()
-                        report = compare_outputs(out, ref, bits)
+                        report = compare_outputs(out, ref, bits, step)
                         verdict = "PASS" if report.ok(args.max_fraction) else "FAIL"
-                        detail = f"{report} | vs native {dname} torch: {compare_outputs(out, native, bits)}"
+                        detail = f"{report} | vs native {dname} torch: {compare_outputs(out, native, bits, step)}"
                     except Exception as error:  # one broken case must not hide the others
                         verdict, detail = "FAIL", f"{type(error).__name__}: {error}"
                     failures += verdict == "FAIL"
