@@ -217,6 +217,14 @@ class _Parser(argparse.ArgumentParser):
         raise ValueError(f"{message} (see '{self.prog} --help')")
 
 
+def _difference(interval) -> str:
+    """``mean [low, high]``, signed; in scientific notation when two decimals would print a
+    non-zero difference as +0.00 (two kernels that differ in a few rounding flips)."""
+    size = max(abs(interval.mean), abs(interval.low), abs(interval.high))
+    fmt = "{:+.2f}" if size >= 0.005 or size == 0 else "{:+.1e}"
+    return f"{fmt.format(interval.mean)} [{fmt.format(interval.low)}, {fmt.format(interval.high)}]"
+
+
 def cmd_compare(args) -> int:
     from .compare import compare_runs
     from .metrics.registry import metric_spec
@@ -229,7 +237,7 @@ def cmd_compare(args) -> int:
     print(f"{spec.header}: B − A per cell, paired bootstrap over the same captions (95% interval)\n"
           f"A = {args.a}\nB = {args.b}\n")
     print(tabulate([[r["cell"], spec.fmt.format(r["a"]), spec.fmt.format(r["b"]),
-                     f"{r['difference'].mean:+.2f} [{r['difference'].low:+.2f}, {r['difference'].high:+.2f}]",
+                     _difference(r["difference"]),
                      f"{r['p_value']:.3f}", "B " + r["verdict"] if r["verdict"] != "not significant" else r["verdict"]]
                     for r in rows],
                    headers=["cell", "A", "B", "B − A [95%]", "p", "verdict"], tablefmt="github"))

@@ -140,6 +140,10 @@ def test_compare_two_runs_cell_by_cell(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "w4a4/hadanorm" in out and "+0.40 [+0.40, +0.40]" in out and "B better" in out
+    # a difference of a few rounding flips is printed as what it is, not as +0.00
+    write_json(tmp_path / "d" / "results.json", doc(three_cells(shift=3e-6)))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "d")]) == 0
+    assert "+3.0e-06 [+3.0e-06, +3.0e-06]" in capsys.readouterr().out
     other = doc(three_cells())
     other["captions"] = {"evaluation": {"ids": list(range(1, 33))}}
     write_json(tmp_path / "c" / "results.json", other)
