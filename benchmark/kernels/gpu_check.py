@@ -87,8 +87,8 @@ def main(argv=None) -> int:
                         help="largest allowed fraction of one-step mismatches")
     args = parser.parse_args(argv)
     require_gpu(args.device)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
-    print(f"device: {name}, torch {torch.__version__}, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
+    print(f"device: {where}, torch {torch.__version__}, "
           f"{args.samples}x{args.tokens} tokens per case", flush=True)
     failures = 0
     bit_list = [None if b == "None" else int(b) for b in args.bits]

@@ -22,6 +22,7 @@ script's CPU twin under Triton's interpreter (tests, at tiny sizes; its times me
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -133,7 +134,7 @@ def copy_bandwidth(nbytes: int = 1 << 30, device: str = "cuda") -> float:
 def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float,
                 compiled: bool = True, device: str = "cuda", widths=(1152, 4608)) -> list[list]:
     rows = []
-    time_ms = lambda fn: device_ms(fn, device=device)  # noqa: E731
+    time_ms = functools.partial(device_ms, device=device)
     for channels in widths:
         gen = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(samples, tokens // samples, channels, generator=gen, device=device).to(dtype)
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if gpu else "cpu (Triton interpreter: times mean nothing)"
     print(f"device: {name}; torch {torch.__version__}; measured copy bandwidth "
           f"{copy_bw / 1e9:.0f} GB/s; bf16", flush=True)
-    # the CPU twin: a width of each kind (full Hadamard, block) and a tiny PixArt
+    # the CPU twin: one width that takes both rotations (full, blocks of 128), a tiny PixArt
     twin = {} if gpu else dict(widths=(256,))
     rows = kernel_rows(args.tokens, args.batch, args.bits, dtype, copy_bw, args.compile, args.device,
                        **twin)
