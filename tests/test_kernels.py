@@ -384,3 +384,15 @@ def test_compare_outputs_measures_a_flip_in_true_grid_steps():
     assert compare_outputs(flipped, ref, 2, step).ok(max_fraction=1.0)  # one element of three
     assert compare_outputs(flipped, ref, 2, step).max_steps == pytest.approx(1.0, abs=1e-3)
     assert compare_outputs(flipped, ref, 2).max_steps == pytest.approx(1.5, abs=1e-3)
+
+
+def test_occupancy_of_a_kernel_from_its_resources():
+    """compile_check's programs per multiprocessor: the least of what shared memory, registers
+    and warp slots allow (sm_90: the 4608-wide kernel fits once, by either resource)."""
+    from benchmark.kernels.compile_check import programs_per_sm
+
+    assert programs_per_sm(90, 180224, 255, 8) == 1      # shared memory and registers: one each
+    assert programs_per_sm(90, 1024, 255, 8) == 1        # registers alone: 8 warps x 8,192
+    assert programs_per_sm(90, 45056, 168, 4) == 3       # registers: 21,504 per program
+    assert programs_per_sm(90, 32, 32, 4) == 16          # warp slots: 64 / 4
+    assert programs_per_sm(75, 1024, 32, 4) is None      # an arch it has no table for

@@ -2,8 +2,9 @@
 
 Triton compiles ahead of time for a named target (default sm_90, H100/H200) with the ptxas
 that ships in its wheel. For every variant the benchmark uses this prints the shared memory,
-registers and spills, and fails when the shared memory exceeds the target's limit: checks
-that the interpreter cannot make. It must run without TRITON_INTERPRET.
+registers and spills, how many programs fit on one multiprocessor (occupancy), and fails
+when the shared memory exceeds the target's limit: checks that the interpreter cannot
+make. It must run without TRITON_INTERPRET.
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ import tempfile
 from pathlib import Path
 
 SHARED_LIMIT = {90: 232448, 80: 166912, 89: 101376}  # bytes per block (opt-in maximum)
+# per multiprocessor: shared memory (bytes), warps; every arch here has 65,536 registers
+PER_SM = {90: (233472, 64), 80: (167936, 64), 89: (102400, 48)}
+
+
+def programs_per_sm(arch: int, shared: int, registers: int, warps: int) -> int | None:
+    """How many programs of the kernel fit on one multiprocessor at once (its occupancy):
+    the least of what shared memory (1 KB reserved per block), registers (allocated per
+    warp in 256s) and warp slots allow."""
+    if arch not in PER_SM:
+        return None
+    sm_shared, sm_warps = PER_SM[arch]
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(sm_shared // (shared + 1024), 65536 // (per_warp * warps), sm_warps // warps)
 
 
 def main(argv=None) -> int:
@@ -72,7 +86,10 @@ def main(argv=None) -> int:
                         regs = re.search(r"Used (\d+) registers", text)
                         spill = re.search(r"(\d+) bytes spill stores", text)
                         if regs:
-                            usage = f", {regs[1]} registers, {spill[1] if spill else '?'} B spilled"
+                            warps = launch_options(layout)["num_warps"]
+                            fit = programs_per_sm(args.arch, shared, int(regs[1]), warps)
+                            usage = (f", {regs[1]} registers, {spill[1] if spill else '?'} B spilled"
+                                     + (f", {fit} program(s) of {warps} warps per SM" if fit is not None else ""))
                             break
             limit = SHARED_LIMIT.get(args.arch)
             ok = limit is None or shared <= limit
