@@ -211,6 +211,19 @@ def _payload(model, captions, steps, seed, guidance_scale, max_sample_tokens, to
     }
 
 
+def _computed_on(model) -> dict:
+    """What else decides the statistics' bits: the device, and on the CPU the floating-point
+    paths (benchmark/numerics.py), so that a pinned run never reads statistics collected
+    natively or on a GPU (their bits differ)."""
+    from . import numerics
+
+    device = model.targets()[0].linears[0][1].weight.device.type
+    if device != "cpu":
+        return {"device": device}
+    paths = numerics.describe("")
+    return {"device": device, **{k: paths[k] for k in ("aten_cpu_capability", "mkl_cbwr", "mkldnn", "threads")}}
+
+
 def _read_cache(base: Path, payload: dict) -> dict[str, CalibrationStats]:
     """The cached statistics, or a ValueError saying why the cache cannot be used."""
     from safetensors import SafetensorError
@@ -269,6 +282,7 @@ def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
         raise ValueError("calibration needs at least one caption")
     payload = _payload(model, captions, steps, seed, guidance_scale, max_sample_tokens, tokens_per_row)
     payload["batch_size"] = batch_size  # the batches seed the sample
+    payload["computed_on"] = _computed_on(model)
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     base = Path(cache_dir or ".") / f"calibration-{key}"
     status, cached = "miss", None

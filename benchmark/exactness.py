@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .quant import Precision
-from .transform import CalibrationStats, Transform
+from .transform import CalibrationStats, Transform, TransformedLinear
 
 __all__ = ["EXACT_TOLERANCE", "CHECK_TOKENS", "NotExact", "calibration_tokens", "check_outputs",
            "describe_failure", "exactness_error", "model_exactness", "relative_error", "summarize"]
@@ -66,9 +66,12 @@ def check_outputs(outs, linears: Sequence[nn.Linear], x: torch.Tensor, where: st
 
 @torch.no_grad()
 def exactness_error(transform: Transform, linears: Sequence[nn.Linear], stats: CalibrationStats | None,
-                    x: torch.Tensor, where: str = "group") -> float:
-    """Relative error of ``transform`` quantized at "fp" against ``linears`` on ``x``."""
+                    x: torch.Tensor, where: str = "group", kernel: str = "auto") -> float:
+    """Relative error of ``transform`` quantized at "fp" against ``linears`` on ``x``, its
+    online part on ``kernel`` (the run's: the path under test is the one checked)."""
     module = transform.quantize(list(linears), Precision.parse("fp"), stats)
+    if isinstance(module, TransformedLinear):  # a plugin's own module runs its own code
+        module.use_kernel(kernel)
     outs = module(x)
     check_outputs(outs, linears, x, where)
     return relative_error(outs, [linear(x) for linear in linears])
@@ -86,7 +89,7 @@ def calibration_tokens(stats: CalibrationStats, max_tokens: int = CHECK_TOKENS) 
 
 @torch.no_grad()
 def model_exactness(model, transform: Transform, stats: dict[str, CalibrationStats],
-                    max_tokens: int = CHECK_TOKENS) -> dict[str, float]:
+                    max_tokens: int = CHECK_TOKENS, kernel: str = "auto") -> dict[str, float]:
     """Relative error at "fp" of every target group of ``model`` (a ``ModelAdapter``), on
     that group's calibration tokens. The model itself is not touched."""
     errors = {}
@@ -96,7 +99,7 @@ def model_exactness(model, transform: Transform, stats: dict[str, CalibrationSta
         for group in model.targets():
             linears = [copy.deepcopy(linear).float() for _, linear in group.linears]
             x = calibration_tokens(stats[group.name], max_tokens).to(linears[0].weight.device, torch.float32)
-            errors[group.name] = exactness_error(transform, linears, stats[group.name], x, group.name)
+            errors[group.name] = exactness_error(transform, linears, stats[group.name], x, group.name, kernel)
     finally:
         torch.set_float32_matmul_precision(previous)
     return errors

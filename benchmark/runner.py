@@ -193,6 +193,12 @@ class Run:
                 raise ValueError(f"{self.out} holds results of another configuration (hash "
                                  f"{previous['config_hash']}, this run {self.hash}; different "
                                  f"{', '.join(differ) or 'hash definition'}): choose another --out")
+            # the device is not in the configuration ("cuda when available"), but its cells
+            # and reference would not compare with this run's
+            was = torch.device(previous.get("environment", {}).get("device", self.device)).type
+            if was != torch.device(self.device).type:
+                raise ValueError(f"{self.out} holds results computed on {was}, and this run is on "
+                                 f"{torch.device(self.device).type}: use --fresh or another --out")
             self.results = previous
         tick = time.perf_counter()
         self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
@@ -464,7 +470,7 @@ class Run:
         if spec.label not in self.exactness:
             tick = time.perf_counter()
             transform = create_transform(spec.name, **dict(spec.params))
-            errors = exactness.model_exactness(model, transform, stats)
+            errors = exactness.model_exactness(model, transform, stats, kernel=self.config.kernel)
             self.exactness[spec.label] = errors, time.perf_counter() - tick
         return self.exactness[spec.label]
 

@@ -165,20 +165,25 @@ class TransformedLinear(QuantizedGroup):
                   else torch.zeros(lin.out_features, dtype=dtype, device=device) for lin in linears]
         self.register_buffer("bias", torch.cat(biases) if any(l.bias is not None for l in linears) else None)
 
+        # The online part computes in float32 whatever the model's dtype (kernels.__init__), so
+        # the scales and the weight quantizer do too: 1/s of a near-dead channel (up to 1e5) is
+        # inf in float16, and a bfloat16 grid rounds worse than one rounding at the end.
+        exact_dtype = torch.promote_types(dtype, torch.float32)
         folded = weight.double()
         if scale is not None:
             folded = folded * scale.double().to(device)
-            self.register_buffer("inv_scale", (1.0 / scale.double()).to(dtype=dtype, device=device))
+            self.register_buffer("inv_scale", (1.0 / scale.double()).to(dtype=exact_dtype, device=device))
         else:
             self.inv_scale = None
         self.rotation = rotation.to(device) if rotation is not None else None
         if rotation is not None:
             folded = self.rotation(folded)  # rows: (W diag(s) R^T)^T = R diag(s) W^T
-        folded = folded.to(dtype)
+        folded = folded.to(exact_dtype)
         if precision.weight_bits is not None:
             folded = quantize_weight(folded, precision.weight_bits, precision.weight_block,
                                      precision.weight_symmetric, precision.grid)
-        self.register_buffer("weight", folded.contiguous())  # quantize_weight may return a strided view
+        # contiguous: quantize_weight may return a strided view
+        self.register_buffer("weight", folded.to(dtype).contiguous())
         # Only the exact correction needs the original weights (full precision W mu).
         keep_original = center and correction == "exact"
         self.register_buffer("original_weight", weight.clone() if keep_original else None)

@@ -66,6 +66,15 @@ def test_cache_miss_hit_and_stale(tiny, tmp_path):
         args = {"captions": CAPTIONS, "steps": STEPS, **kwargs}
         _, other = calibrate(tiny, cache_dir=tmp_path, **args)
         assert other.status == "miss" and other.key != info.key
+    # other floating-point paths (here the thread count; also the device, the vector ISA and
+    # MKL's branch): their bits differ, so another key
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        _, elsewhere = calibrate(tiny, CAPTIONS, steps=STEPS, cache_dir=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert elsewhere.status == "miss" and elsewhere.payload["computed_on"]["threads"] == threads + 1
     # new weights (the file's mtime changes): another key
     weights = info.payload["model"]["weights"][0]["path"]
     os.utime(weights, ns=(1, 1))

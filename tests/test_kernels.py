@@ -396,3 +396,24 @@ def test_occupancy_of_a_kernel_from_its_resources():
     assert programs_per_sm(90, 45056, 168, 4) == 3       # registers: 21,504 per program
     assert programs_per_sm(90, 32, 32, 4) == 16          # warp slots: 64 / 4
     assert programs_per_sm(75, 1024, 32, 4) is None      # an arch it has no table for
+
+
+@needs_triton
+@needs_interpreter
+def test_the_exactness_check_runs_the_runs_kernel(monkeypatch):
+    """The fp check of a cell runs the online part on the kernel the cell runs (it took "auto",
+    the fused kernel on a GPU, even under --kernel torch)."""
+    import benchmark.kernels as kernels
+    from benchmark import CalibrationStats, create_transform
+    from benchmark.exactness import exactness_error
+
+    calls = []
+    fused = kernels.fused_transform_quantize
+    monkeypatch.setattr(kernels, "fused_transform_quantize", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(0))
+    layers, stats = [torch.nn.Linear(64, 32)], CalibrationStats.from_activations(x)
+    assert exactness_error(create_transform("hadanorm"), layers, stats, x, kernel="triton") < 1e-5
+    assert calls  # the fused kernel ran
+    calls.clear()
+    assert exactness_error(create_transform("hadanorm"), layers, stats, x, kernel="torch") < 1e-5
+    assert not calls

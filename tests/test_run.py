@@ -138,18 +138,24 @@ def test_config_file_and_flags(tmp_path):
     assert json.loads((out / "results.json").read_text())["schema"] == "hadabench.results/1"
 
 
-def test_resume_refuses_results_of_other_weights(finished, tmp_path, capsys):
+@pytest.mark.parametrize("field, value, message", [
+    (("model", "weights_sha256"), "0" * 64, "results of other model"),  # the model retrained since
+    # computed on a GPU (where the device is not given, "cuda when available", it is not in
+    # the configuration's hash): its cells would not compare with this machine's
+    (("environment", "device"), "cuda", "computed on cuda, and this run is on cpu"),
+])
+def test_resume_refuses_results_it_cannot_extend(finished, tmp_path, capsys, field, value, message):
     import shutil
 
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     results = json.loads((out / "results.json").read_text())
-    results["model"]["weights_sha256"] = "0" * 64  # as if the model had been retrained since
+    results[field[0]][field[1]] = value
     (out / "results.json").write_text(json.dumps(results))
     before = (out / "results.json").read_bytes()
     code = main(["run", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *FAST,
                  "--precisions", "w4a4,fp", "--transforms", "none,hadanorm"])
-    assert code == 2 and "results of other model" in capsys.readouterr().err
+    assert code == 2 and message in capsys.readouterr().err
     assert (out / "results.json").read_bytes() == before
 
 

@@ -171,3 +171,35 @@ def test_figure1_centering_helps_the_hadamard_transform():
     sqnr = {name: activation_sqnr(name, x) for name in BASELINES}
     for other in ("sdcb", "quarot", "none"):
         assert sqnr["hadanorm"] > sqnr[other] + 1.0, sqnr
+
+
+@pytest.mark.parametrize("transform", ["smoothquant", "hadanorm"])
+def test_half_precision_model_with_a_near_dead_channel_stays_finite(transform):
+    """alpha = 1 makes s a channel's absmax (floored at 1e-5): 1/s is up to 1e5, past
+    float16's largest value. The scales live in float32 like the online part's arithmetic, so
+    a float16 model quantizes to finite outputs (alpha="auto" tries alpha = 1 too)."""
+    from benchmark import quantize_linear
+
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 16).half()
+    x = torch.randn(2, 8, 64, generator=gen)
+    x[..., 5] = 1e-7  # a channel that hardly ever fires
+    stats = CalibrationStats.from_activations(x)
+    for alpha in (1.0, "auto"):
+        module = quantize_linear(linear, transform, "w4a4", calibration=stats, alpha=alpha)
+        assert module.group.inv_scale.dtype == torch.float32
+        y = module(x.half())
+        assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+def test_half_precision_weights_are_quantized_in_float32_then_rounded_once():
+    """A bfloat16 model's weight grid is the float32 one, rounded to bfloat16 once: within
+    half a step plus that one rounding (a grid computed in bfloat16 was off by up to 0.59 step)."""
+    from benchmark import quantize_linear
+    from benchmark.quant import quantize_weight
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 32).bfloat16()
+    module = quantize_linear(linear, "none", "w4")
+    expected = quantize_weight(linear.weight.detach().float(), 4).to(torch.bfloat16)
+    assert torch.equal(module.group.weight, expected)

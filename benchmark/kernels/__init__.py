@@ -17,6 +17,7 @@ kernel runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -154,8 +155,11 @@ def fused_transform_quantize(
     if inv_scale is not None:
         scale = inv_scale.to(x.device)
         scale = scale if scale.is_contiguous() else scale.contiguous()
-    triton_kernels.launch(x2, out.view(-1, channels), mu2, scale, layout, rows_per_sample,
-                          bits, precision, rows_per_prog, grid)
+    # Triton launches on the current CUDA device, not on its arguments' one: make it x's
+    # (--device cuda:1, or accelerate's processes, each on its own GPU)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        triton_kernels.launch(x2, out.view(-1, channels), mu2, scale, layout, rows_per_sample,
+                              bits, precision, rows_per_prog, grid)
     return out
 
 

@@ -33,7 +33,8 @@ def activation_statistics(model, captions: Sequence[str], seeds: Sequence[int], 
 
     def record(group, x):
         x = x.double().flatten(0, -2)
-        s = sums.setdefault(group.name, [0, 0.0, 0.0, torch.zeros(x.shape[-1], dtype=torch.float64)])
+        s = sums.setdefault(group.name, [0, 0.0, 0.0, torch.zeros(x.shape[-1], dtype=torch.float64,
+                                                               device=x.device)])
         s[0] += x.shape[0]
         s[1] = s[1] + x.sum(0)
         s[2] = s[2] + (x * x).sum(0)
