@@ -217,7 +217,8 @@ def _computed_on(model) -> dict:
     natively or on a GPU (their bits differ)."""
     from . import numerics
 
-    device = model.targets()[0].linears[0][1].weight.device.type
+    device = next((linear.weight.device.type for group in model.targets()
+                   for _, linear in group.linears), "cpu")
     if device != "cpu":
         return {"device": device}
     paths = numerics.describe("")
