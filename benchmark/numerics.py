@@ -104,9 +104,20 @@ def require(mode: str, device: str) -> None:
 
 @contextlib.contextmanager
 def pinned(mode: str, device: str):
-    """Inside: the process-wide settings of ``mode`` (threads, oneDNN); restored after."""
+    """Inside: the process-wide settings of ``mode`` (threads, oneDNN) on the CPU, and no TF32
+    on a GPU; restored after."""
     import torch
 
+    if torch.device(device).type == "cuda":
+        # float32 is float32 in every op: TF32 convolutions (cuDNN's default) in the reference
+        # against float32 linears in the cells would differ even at "fp" (Sana's 1x1 convs)
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield {**describe(f"{mode} (not applied on {device})"), "tf32": False}
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        return
     if mode != "pinned" or device != "cpu":
         yield describe(mode if device == "cpu" else f"{mode} (not applied on {device})")
         return

@@ -73,3 +73,21 @@ def test_pinned_numerics_refused_in_process_without_the_environment(tmp_path, mo
 def test_unknown_numerics_mode_is_bad_input(capsys):
     assert main(["run", "--numerics", "fast"]) == 2
     assert "unknown numerics 'fast'" in capsys.readouterr().err
+
+
+def test_a_gpu_run_turns_tf32_off_and_back_on():
+    """On a GPU, float32 is float32 in every op for the run (cuDNN's convolutions default to
+    TF32, which the quantized cells' linears would not use); the user's settings come back."""
+    import torch
+
+    from benchmark import numerics
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with numerics.pinned("native", "cuda:0") as described:
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            assert described["tf32"] is False and "not applied on cuda:0" in described["mode"]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
