@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 
 from .numerics import GENERATION_BATCH
 
-__all__ = ["BATCH_SIZE", "Outcome", "Processes", "is_main_process", "share"]
+__all__ = ["BATCH_SIZE", "Outcome", "Processes", "failure", "is_main_process", "raised_at", "share"]
 
 BATCH_SIZE = GENERATION_BATCH  # captions generated together (numerics.py): the unit of work
 
@@ -56,6 +56,11 @@ class Outcome:
     parts: list
     error: str | None = None
     raised_at: str | None = None
+
+
+def failure(error: BaseException) -> tuple[str, str | None]:
+    """How a failed job is recorded: ``"Type: message"``, and where it was raised."""
+    return f"{type(error).__name__}: {error}", raised_at(error)
 
 
 def raised_at(error: BaseException) -> str | None:
@@ -171,8 +176,7 @@ class Processes:
                     try:
                         mine = (team, taken.start, None, work(round_jobs[team], part))
                     except Exception as error:  # reported to the others, who fail the job too
-                        mine = (team, taken.start, (f"{type(error).__name__}: {error}", raised_at(error)),
-                                None)
+                        mine = (team, taken.start, failure(error), None)
             gathered = self._exchange((self._round, len(round_jobs), mine), everywhere)
             if gathered is None:
                 continue

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .quant import Precision
-from .transform import CalibrationStats, Transform, TransformedLinear
+from .transform import CalibrationStats, Transform, on_kernel
 
 __all__ = ["EXACT_TOLERANCE", "CHECK_TOKENS", "NotExact", "calibration_tokens", "check_outputs",
            "describe_failure", "exactness_error", "model_exactness", "relative_error", "summarize"]
@@ -69,9 +69,7 @@ def exactness_error(transform: Transform, linears: Sequence[nn.Linear], stats: C
                     x: torch.Tensor, where: str = "group", kernel: str = "auto") -> float:
     """Relative error of ``transform`` quantized at "fp" against ``linears`` on ``x``, its
     online part on ``kernel`` (the run's: the path under test is the one checked)."""
-    module = transform.quantize(list(linears), Precision.parse("fp"), stats)
-    if isinstance(module, TransformedLinear):  # a plugin's own module runs its own code
-        module.use_kernel(kernel)
+    module = on_kernel(transform.quantize(list(linears), Precision.parse("fp"), stats), kernel)
     outs = module(x)
     check_outputs(outs, linears, x, where)
     return relative_error(outs, [linear(x) for linear in linears])

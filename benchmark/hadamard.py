@@ -134,30 +134,33 @@ def apply_factors(x: torch.Tensor, factors, signs: torch.Tensor | None, block: i
         return _apply_factors_inplace(x.view(-1, block), factors, block).view(shape)
     # (N, block): one row per block of every token; factor i acts on its own axis.
     x = x.reshape(-1, block)
-    done = 1
+    for f, k, after in _axes(factors, block):
+        x = x @ f.T if after == 1 else torch.matmul(f, x.reshape(-1, k, after))
+    return x.reshape(shape)
+
+
+def _axes(factors, block: int) -> list[tuple[torch.Tensor, int, int]]:
+    """(factor, its size k, the size of the axes after its own) for each factor of a block
+    viewed as (k_1, ..., k_n); ``after`` is 1 for the last axis."""
+    axes, done = [], 1
     for f in factors:
         k = f.shape[0]
-        after = block // (done * k)
-        x = x @ f.T if after == 1 else torch.matmul(f, x.reshape(-1, k, after))
+        axes.append((f, k, block // (done * k)))
         done *= k
-    return x.reshape(shape)
+    return axes
 
 
 def _apply_factors_inplace(x: torch.Tensor, factors, block: int) -> torch.Tensor:
     # The calls torch.matmul makes above (an mm for the last axis, a bmm with the factor
     # broadcast over the batch for the others), with explicit outputs.
     spare = torch.empty_like(x)
-    done = 1
-    for f in factors:
-        k = f.shape[0]
-        after = block // (done * k)
+    for f, k, after in _axes(factors, block):
         if after == 1:
             torch.mm(x.view(-1, k), f.T, out=spare.view(-1, k))
         else:
             src = x.view(-1, k, after)
             torch.bmm(f.expand(src.shape[0], k, k), src, out=spare.view(-1, k, after))
         x, spare = spare, x
-        done *= k
     return x
 
 

@@ -34,7 +34,7 @@ from baselines.smoothquant import smoothquant as SmoothQuantConfig
 from .quant import Precision
 from .targets import (Family, TargetGroup, discover_targets, install, is_quantized, uninstall,
                       watch_inputs)
-from .transform import CalibrationStats, QuantizedGroup, Transform, TransformedLinear
+from .transform import CalibrationStats, QuantizedGroup, Transform, on_kernel
 
 __all__ = ["DynCenterConfig", "HadaNormConfig", "NoTransformConfig", "QuaRotConfig",
            "Quantization", "SDCBConfig", "SmoothQuantConfig", "calibrate", "quantize_"]
@@ -117,9 +117,7 @@ def quantize_(module: nn.Module, config: Transform | str = "none", precision: Pr
             if calibration is not None and group_stats is None:
                 raise ValueError(f"calibration statistics have no entry for {group.name}")
             quantized = config.quantize([lin for _, lin in group.linears], precision, group_stats)
-            if isinstance(quantized, TransformedLinear):  # a plugin's own module runs its own code
-                quantized.use_kernel(kernel)
-            modules[group.name] = quantized
+            modules[group.name] = on_kernel(quantized, kernel)
     return Quantization(module, groups, modules)
 
 

@@ -35,7 +35,7 @@ from .calibration import DEFAULT_CACHE, caption_seeds
 from . import numerics
 from .check import DEFAULT_TOLERANCE
 from .config import RunConfig
-from .distributed import BATCH_SIZE, Processes, is_main_process, raised_at
+from .distributed import BATCH_SIZE, Processes, failure, is_main_process
 from .metrics.registry import METRIC_SPECS
 from .stats import recorded_half_width
 from .quant import Precision
@@ -196,9 +196,10 @@ class Run:
             # the device is not in the configuration ("cuda when available"), but its cells
             # and reference would not compare with this run's
             was = torch.device(previous.get("environment", {}).get("device", self.device)).type
-            if was != torch.device(self.device).type:
+            now = torch.device(self.device).type
+            if was != now:
                 raise ValueError(f"{self.out} holds results computed on {was}, and this run is on "
-                                 f"{torch.device(self.device).type}: use --fresh or another --out")
+                                 f"{now}: use --fresh or another --out")
             self.results = previous
         tick = time.perf_counter()
         self.model = load_model(config.model, dtype=getattr(torch, config.dtype), device=self.device)
@@ -430,7 +431,7 @@ class Run:
                 if subset is None:
                     save_images(generation.images, self.out / "images" / precision / _safe(spec.label))
             except Exception as error:
-                reason, where = f"{type(error).__name__}: {error}", raised_at(error)
+                reason, where = failure(error)
         if reason is not None:
             cell["status"], cell["reason"], cell["raised_at"] = FAILED, reason, where
             self.failed += 1

@@ -224,6 +224,14 @@ class TransformedLinear(QuantizedGroup):
         return {**out, **self.info}
 
 
+def on_kernel(module: QuantizedGroup, kernel: str) -> QuantizedGroup:
+    """``module``, its online part set to run on ``kernel`` when it is the harness's own
+    ``TransformedLinear`` (a plugin's own module runs its own code)."""
+    if isinstance(module, TransformedLinear):
+        module.use_kernel(kernel)
+    return module
+
+
 @dataclass
 class AffineTransform(Transform):
     """x~ = R diag(s)^-1 (x - mu), the design space of the six baselines.

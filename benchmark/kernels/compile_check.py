@@ -17,18 +17,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHARED_LIMIT = {90: 232448, 80: 166912, 89: 101376}  # bytes per block (opt-in maximum)
-# per multiprocessor: shared memory (bytes), warps; every arch here has 65,536 registers
-PER_SM = {90: (233472, 64), 80: (167936, 64), 89: (102400, 48)}
+# Per compute capability: shared memory per block (the opt-in maximum) and per
+# multiprocessor, in bytes, and warps per multiprocessor; each has 65,536 registers.
+ARCH = {90: (232448, 233472, 64), 80: (166912, 167936, 64), 89: (101376, 102400, 48)}
 
 
 def programs_per_sm(arch: int, shared: int, registers: int, warps: int) -> int | None:
     """How many programs of the kernel fit on one multiprocessor at once (its occupancy):
     the least of what shared memory (1 KB reserved per block), registers (allocated per
     warp in 256s) and warp slots allow."""
-    if arch not in PER_SM:
+    if arch not in ARCH:
         return None
-    sm_shared, sm_warps = PER_SM[arch]
+    _, sm_shared, sm_warps = ARCH[arch]
     per_warp = -(-registers * 32 // 256) * 256
     return min(sm_shared // (shared + 1024), 65536 // (per_warp * warps), sm_warps // warps)
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                             usage = (f", {regs[1]} registers, {spill[1] if spill else '?'} B spilled"
                                      + (f", {fit} program(s) of {warps} warps per SM" if fit is not None else ""))
                             break
-            limit = SHARED_LIMIT.get(args.arch)
+            limit = ARCH[args.arch][0] if args.arch in ARCH else None
             ok = limit is None or shared <= limit
             failures += not ok
             print(f"{'PASS' if ok else 'FAIL'} {name}: shared {shared} B"
