@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import numerics
 from .quant import Precision
 from .transform import CalibrationStats, Transform, on_kernel
 
@@ -91,15 +92,11 @@ def model_exactness(model, transform: Transform, stats: dict[str, CalibrationSta
     """Relative error at "fp" of every target group of ``model`` (a ``ModelAdapter``), on
     that group's calibration tokens. The model itself is not touched."""
     errors = {}
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # TF32 matmuls (1e-3) would fail every transform
-    try:
+    with numerics.ieee_float32():  # TF32 matmuls (1e-3) would fail every transform
         for group in model.targets():
             linears = [copy.deepcopy(linear).float() for _, linear in group.linears]
             x = calibration_tokens(stats[group.name], max_tokens).to(linears[0].weight.device, torch.float32)
             errors[group.name] = exactness_error(transform, linears, stats[group.name], x, group.name, kernel)
-    finally:
-        torch.set_float32_matmul_precision(previous)
     return errors
 
 

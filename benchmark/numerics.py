@@ -30,8 +30,8 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["GENERATION_BATCH", "MODES", "PINNED_ENV", "PINNED_THREADS", "describe", "pinned", "require",
-           "restart_pinned"]
+__all__ = ["GENERATION_BATCH", "MODES", "PINNED_ENV", "PINNED_THREADS", "describe", "ieee_float32", "pinned",
+           "require", "restart_pinned"]
 
 MODES = ("native", "pinned")
 PINNED_ENV = {"MKL_CBWR": "COMPATIBLE,STRICT", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -102,6 +102,54 @@ def require(mode: str, device: str) -> None:
                          f"(found {_mkl_cbwr()})")
 
 
+# torch >= 2.9 sets the precision of float32 per backend and operation; once a program has
+# used that API, reading the legacy flags raises (and after the legacy setters, the new getters
+# disagree with them). So the settings are changed through the API the process already uses.
+_FP32_OPERATIONS = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
+
+
+def _legacy_flags_readable() -> bool:
+    import torch
+
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.get_float32_matmul_precision()
+    except RuntimeError:  # "... you have used mix of the legacy and new APIs ..."
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """Inside: float32 matmuls and convolutions compute in float32 (no TF32 on a GPU, no
+    reduced precision in oneDNN), with the precision API the program already uses; the
+    previous settings are restored after."""
+    import functools
+
+    import torch
+
+    if _legacy_flags_readable():
+        before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32,
+                  torch.backends.cuda.matmul.allow_tf32)
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before[0])
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before[1:]
+        return
+    operations = [functools.reduce(getattr, name.split("."), torch.backends) for name in _FP32_OPERATIONS]
+    before = [op.fp32_precision for op in operations]
+    for op in operations:
+        op.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for op, precision in zip(operations, before):
+            op.fp32_precision = precision
+
+
 @contextlib.contextmanager
 def pinned(mode: str, device: str):
     """Inside: the process-wide settings of ``mode`` (threads, oneDNN) on the CPU, and no TF32
@@ -111,12 +159,8 @@ def pinned(mode: str, device: str):
     if torch.device(device).type == "cuda":
         # float32 is float32 in every op: TF32 convolutions (cuDNN's default) in the reference
         # against float32 linears in the cells would differ even at "fp" (Sana's 1x1 convs)
-        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
+        with ieee_float32():
             yield {**describe(f"{mode} (not applied on {device})"), "tf32": False}
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         return
     if mode != "pinned" or device != "cpu":
         yield describe(mode if device == "cpu" else f"{mode} (not applied on {device})")

@@ -91,3 +91,27 @@ def test_a_gpu_run_turns_tf32_off_and_back_on():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_float32_is_pinned_through_the_precision_api_the_program_uses():
+    """After torch's per-backend API (2.9+) set TF32 and oneDNN's bf16, reading the legacy
+    flags raises: a GPU run and the exactness check then go through the new API, computing a
+    matmul as without those settings, and give the user's settings back. A fresh process,
+    since the two APIs' state cannot be reset."""
+    code = """
+import torch
+from benchmark import numerics
+a, b = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)).split(128)
+exact = a @ b.T
+torch.backends.cuda.matmul.fp32_precision = "tf32"
+torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+ops = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul]
+with numerics.pinned("native", "cuda:0") as described:
+    assert [op.fp32_precision for op in ops] == ["ieee"] * 3 and described["tf32"] is False
+with numerics.ieee_float32():
+    assert torch.equal(a @ b.T, exact)
+assert [op.fp32_precision for op in ops] == ["tf32", "tf32", "bf16"], [op.fp32_precision for op in ops]
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
