@@ -190,12 +190,17 @@ class TransformedLinear(QuantizedGroup):
         self.use_kernel("auto")
 
     def use_kernel(self, kernel: str) -> "TransformedLinear":
-        """Run the online part with "torch", "triton" (the fused kernel), "compile" or "auto"."""
-        self.kernel = resolve_kernel(kernel, self.weight.device)
+        """Run the online part with "torch", "triton" (the fused kernel), "compile" or "auto",
+        resolved for the weights' device now, and again for the input's device once the
+        module has moved (``model.to("cuda")`` after quantizing on the CPU, CPU offload)."""
+        self.requested_kernel = kernel
+        self.kernel, self.kernel_device = resolve_kernel(kernel, self.weight.device), self.weight.device
         return self
 
     def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None) -> torch.Tensor:
         """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input."""
+        if x.device != self.kernel_device:
+            self.kernel, self.kernel_device = resolve_kernel(self.requested_kernel, x.device), x.device
         return online_function(self.kernel)(x, mu, self.inv_scale, self.rotation, bits,
                                             grid=self.precision.grid)
 

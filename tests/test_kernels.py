@@ -177,6 +177,24 @@ def test_reference_is_the_transformed_linear_path():
     assert torch.equal(got, group.online(x, mu, 4))
 
 
+def test_the_kernel_follows_the_module_to_the_inputs_device(monkeypatch):
+    """"auto" is resolved for the weights' device when the group is built, and again for the
+    input's once the module has moved (quantized on the CPU, then ``model.to("cuda")``: the
+    fused kernel there, not the CPU's choice). The meta device stands in for the GPU."""
+    import benchmark.transform as transform
+
+    asked = []
+    real = transform.resolve_kernel
+    monkeypatch.setattr(transform, "resolve_kernel",
+                        lambda kernel, device: asked.append((kernel, torch.device(device).type)) or real(kernel, device))
+    group = TransformedLinear([torch.nn.Linear(12, 4)], Precision(None, None), center=False, scale=None,
+                              rotation=None)
+    group.online(torch.randn(2, 3, 12), None, None)
+    assert asked == [("auto", "cpu")]  # resolved once, at build
+    group.to("meta").online(torch.empty(2, 3, 12, device="meta"), None, None)
+    assert asked == [("auto", "cpu"), ("auto", "meta")] and group.kernel_device.type == "meta"
+
+
 def test_torch_path_computes_in_float32():
     # bf16 in: centre, scale, rotate and quantize in fp32, one rounding at the end (issue 11)
     x, mu, inv_scale = make_inputs(192, torch.bfloat16, True, True, tokens=16)
