@@ -417,6 +417,7 @@ class Run:
                 cell["exactness"] = first["exactness"]
                 if any("generation" not in p for p in outcome.parts):
                     raise exactness.NotExact(exactness.describe_failure(first["exactness"]))
+                same_alphas(outcome.parts)
                 cell["groups"] = {name: {**described, "exact_error": errors.get(name)}
                                   for name, described in first["groups"].items()}
                 cell["kernel"] = first["kernel"]
@@ -488,6 +489,18 @@ def _union(previous: dict, current: dict) -> dict:
         merged[key] = list(previous.get(key, [])) + [item for item in current[key]
                                                      if item not in previous.get(key, [])]
     return merged
+
+
+def same_alphas(parts: list[dict]) -> None:
+    """Raise unless every process's part of a cell was generated with the same alphas:
+    alpha="auto" is searched on each process, and processes whose numerics differ (other
+    machines, other GPUs) could choose differently, making one cell of two models."""
+    chosen = [{name: group.get("alpha") for name, group in part["groups"].items()} for part in parts]
+    for other in chosen[1:]:
+        for name, alpha in chosen[0].items():
+            if other.get(name) != alpha:
+                raise RuntimeError(f"the processes chose different alphas for {name} ({alpha} and "
+                                   f"{other.get(name)}): run them on one kind of machine, or fix alpha")
 
 
 def _joined(parts: list) -> "Generation":

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 
 from benchmark.calibration import caption_seeds, collect_part, merge_parts
@@ -19,6 +20,7 @@ from benchmark.cli import main
 from benchmark.distributed import share
 from benchmark.leaderboard import render
 from benchmark.results import read_results
+from benchmark.runner import same_alphas
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "plugins"
@@ -66,6 +68,16 @@ def test_share_takes_whole_contiguous_batches():
     assert [list(share(5, 2, i)) for i in range(2)] == [[0, 1], [2, 3, 4]]
     assert [list(share(1, 2, i)) for i in range(2)] == [[], [0]]
     assert sorted(b for i in range(8) for b in share(63, 8, i)) == list(range(63))
+
+
+def test_a_cell_whose_processes_chose_different_alphas_fails():
+    """alpha="auto" is searched on every process: parts built with other alphas are not one
+    cell (the main process fails it, naming the group); the same alphas, or none, pass."""
+    part = lambda alpha: {"groups": {"blocks.0.attn": {"alpha": 0.5}, "blocks.0.ff": {"alpha": alpha}}}
+    same_alphas([part(0.25), part(0.25)])
+    same_alphas([{"groups": {"g": {"center": True}}}] * 2)
+    with pytest.raises(RuntimeError, match=r"different alphas for blocks.0.ff \(0.25 and 0.75\)"):
+        same_alphas([part(0.25), part(0.75)])
 
 
 def test_calibration_parts_merge_exactly(tmp_path):
