@@ -120,18 +120,19 @@ def hadamard_matrix(n: int) -> torch.Tensor:
 
 
 def apply_factors(x: torch.Tensor, factors, signs: torch.Tensor | None, block: int, *,
-                  inplace: bool = False) -> torch.Tensor:
+                  inplace: bool = False, spare: torch.Tensor | None = None) -> torch.Tensor:
     """x -> (I (x) H_block) D x on the last dimension, H_block the Kronecker product of
     ``factors`` (in x's dtype and device); a plain function, so torch.compile can trace it.
 
     ``inplace``: x is the caller's own contiguous buffer. The factors then alternate between
-    it and one spare buffer (same BLAS calls, so the same bits) instead of allocating a new
-    tensor per factor; the result is whichever of the two holds it, so use the return value."""
+    it and one spare buffer (``spare`` when given, of x's size, else a new one; the same BLAS
+    calls, so the same bits) instead of allocating a new tensor per factor; the result is
+    whichever of the two holds it, so use the return value."""
     shape = x.shape
     if signs is not None:
         x = x.mul_(signs) if inplace else x * signs
     if inplace:
-        return _apply_factors_inplace(x.view(-1, block), factors, block).view(shape)
+        return _apply_factors_inplace(x.view(-1, block), factors, block, spare).view(shape)
     # (N, block): one row per block of every token; factor i acts on its own axis.
     x = x.reshape(-1, block)
     for f, k, after in _axes(factors, block):
@@ -150,10 +151,10 @@ def _axes(factors, block: int) -> list[tuple[torch.Tensor, int, int]]:
     return axes
 
 
-def _apply_factors_inplace(x: torch.Tensor, factors, block: int) -> torch.Tensor:
+def _apply_factors_inplace(x: torch.Tensor, factors, block: int, spare: torch.Tensor | None) -> torch.Tensor:
     # The calls torch.matmul makes above (an mm for the last axis, a bmm with the factor
     # broadcast over the batch for the others), with explicit outputs.
-    spare = torch.empty_like(x)
+    spare = torch.empty_like(x) if spare is None else spare.view(x.shape)
     for f, k, after in _axes(factors, block):
         if after == 1:
             torch.mm(x.view(-1, k), f.T, out=spare.view(-1, k))

@@ -120,17 +120,19 @@ def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
     if not traceable and (torch.isnan(lo).any() or torch.isnan(hi).any()):
         raise ValueError("cannot quantize a tensor that contains NaN")
     levels = 2**bits - 1
-    q = x if inplace else torch.empty_like(x)
+    # One buffer, fewer passes; while autograd records (it refuses out=), new tensors.
+    recording = torch.is_grad_enabled() and x.requires_grad
+    inplace = inplace and not recording
+    q = None if recording else x if inplace else torch.empty_like(x)
     step = grid_step(lo, hi, bits, grid)
     if grid == "min_anchored":
-        torch.sub(x, lo, out=q).div_(step).round_().clamp_(0, levels)  # one buffer, fewer passes
-        return q.mul_(step).add_(lo)
+        return torch.sub(x, lo, out=q).div_(step).round_().clamp_(0, levels).mul_(step).add_(lo)
     zero = lo.clamp(max=0).neg_().div_(step).round_()
     # clamp(round(x / step) + zero, 0, levels) - zero: integers, exact in fp32. Only the top
     # bound can bind: x >= min and round is odd-symmetric, so round(x / step) >= -zero.
     # torch.minimum, not clamp_ with tensor bounds: the same values, several times faster.
-    torch.div(x, step, out=q).round_()
-    torch.minimum(q, levels - zero, out=q).mul_(step)
+    q = torch.div(x, step, out=q).round_()
+    q = torch.minimum(q, levels - zero, out=None if recording else q).mul_(step)
     constant = hi == lo
     if traceable or constant.any():  # a constant row is exact (it is its own max)
         q = torch.where(constant, hi, q) if not inplace else q.copy_(torch.where(constant, hi, q))

@@ -34,7 +34,7 @@ from baselines.smoothquant import smoothquant as SmoothQuantConfig
 from .quant import Precision
 from .targets import (Family, TargetGroup, discover_targets, install, is_quantized, uninstall,
                       watch_inputs)
-from .transform import CalibrationStats, QuantizedGroup, Transform, on_kernel
+from .transform import WORKSPACE, CalibrationStats, QuantizedGroup, Transform, on_kernel
 
 __all__ = ["DynCenterConfig", "HadaNormConfig", "NoTransformConfig", "QuaRotConfig",
            "Quantization", "SDCBConfig", "SmoothQuantConfig", "calibrate", "quantize_"]
@@ -57,9 +57,10 @@ class Quantization:
         return bool(self._originals)
 
     def restore(self) -> None:
-        """Put the original linears back (again: a no-op)."""
+        """Put the original linears back (again: a no-op), and free the torch path's buffers."""
         uninstall(self.module, self._originals)
         self._originals = {}
+        WORKSPACE.clear()
 
     def __enter__(self) -> "Quantization":
         return self

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hadamard import HadamardRotation
-from .kernels import online_function, resolve_kernel
+from .kernels import Workspace, online_function, resolve_kernel
 from .quant import Precision, quantize_weight
 
 __all__ = [
@@ -43,6 +43,9 @@ CORRECTIONS = {
 _NEEDS = {"block_size": "only the rotation 'block' uses it", "seed": "it draws random signs, "
           "and random_signs is off", "correction": "only a centering transform adds W mu back"}
 AUTO_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+# The torch path's buffers, shared by every group: one group's input is transformed at a time,
+# and its result is consumed by that group's matmul before the next (emptied on restore).
+WORKSPACE = Workspace()
 _EPS = 1e-5
 
 
@@ -197,16 +200,20 @@ class TransformedLinear(QuantizedGroup):
         self.kernel, self.kernel_device = resolve_kernel(kernel, self.weight.device), self.weight.device
         return self
 
-    def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None) -> torch.Tensor:
-        """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input."""
+    def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None, *,
+               transient: bool = False) -> torch.Tensor:
+        """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input.
+        ``transient``: the caller is done with the result before the next group runs, so the
+        torch path may compute it in the shared ``WORKSPACE``."""
         if x.device != self.kernel_device:
             self.kernel, self.kernel_device = resolve_kernel(self.requested_kernel, x.device), x.device
+        extra = {"workspace": WORKSPACE} if transient and self.kernel == "torch" else {}
         return online_function(self.kernel)(x, mu, self.inv_scale, self.rotation, bits,
-                                            grid=self.precision.grid)
+                                            grid=self.precision.grid, **extra)
 
     def forward(self, x: torch.Tensor):
         mu = x.mean(dim=-2, keepdim=True) if self.center else None
-        y = F.linear(self.online(x, mu, self.precision.activation_bits), self.weight, self.bias)
+        y = F.linear(self.online(x, mu, self.precision.activation_bits, transient=True), self.weight, self.bias)
         if mu is not None:
             y += self.mean_term(mu)  # in place: y is ours
         return tuple(y.split(self.out_features, dim=-1))

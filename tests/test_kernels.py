@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 import benchmark  # noqa: E402,F401
 from benchmark import HadamardRotation, TransformedLinear  # noqa: E402
-from benchmark.kernels import (compare_outputs, fused_supported, fused_transform_quantize,  # noqa: E402
+from benchmark.kernels import (Workspace, compare_outputs, fused_supported, fused_transform_quantize,  # noqa: E402
                                interpreting, resolve_kernel, torch_transform_quantize,
                                triton_available)
 from benchmark.kernels.plan import plan_layout  # noqa: E402
@@ -193,6 +193,49 @@ def test_the_kernel_follows_the_module_to_the_inputs_device(monkeypatch):
     assert asked == [("auto", "cpu")]  # resolved once, at build
     group.to("meta").online(torch.empty(2, 3, 12, device="meta"), None, None)
     assert asked == [("auto", "cpu"), ("auto", "meta")] and group.kernel_device.type == "meta"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("center,scale,block,bits", [(True, True, 192, 4), (False, False, 64, 6),
+                                                     (False, True, 0, 4), (True, False, 12, None)])
+def test_the_workspace_gives_the_same_bits_and_reuses_its_buffers(dtype, center, scale, block, bits):
+    """The torch path in a workspace makes the same calls into reused buffers (no page faults
+    of fresh ones): the same bits. Its result lives until the workspace's next use."""
+    x, mu, inv_scale = make_inputs(192, dtype, center, scale, samples=3, tokens=5)
+    rotation = make_rotation(192, block, signs=True)
+    want = torch_transform_quantize(x, mu, inv_scale, rotation, bits)
+    workspace = Workspace()
+    got = torch_transform_quantize(x, mu, inv_scale, rotation, bits, workspace=workspace)
+    assert torch.equal(got, want)
+    if dtype == torch.float32 and (center or scale):  # the result is one of the buffers
+        again = torch_transform_quantize(x[:2], None if mu is None else mu[:2], inv_scale, rotation, bits,
+                                         workspace=workspace)
+        assert again.data_ptr() == got.data_ptr() and torch.equal(again, want[:2])
+        assert torch.equal(torch_transform_quantize(x, mu, inv_scale, rotation, bits, workspace=workspace), want)
+
+
+def test_a_group_transforms_in_the_shared_workspace_until_restored():
+    """TransformedLinear.forward computes its input's transform in the shared workspace (its
+    matmul consumes it at once), except while autograd records (then no step is in place);
+    restoring a quantization frees the buffers."""
+    from benchmark import calibrate, quantize_
+    from benchmark.transform import WORKSPACE
+
+    model = torch.nn.Sequential(torch.nn.Linear(192, 32), torch.nn.Linear(32, 8))
+    x = torch.randn(2, 7, 192)
+    with torch.no_grad():
+        want = model(x)
+        stats = calibrate(model, lambda: model(x))
+        with quantize_(model, "hadanorm", "fp", calibration=stats):
+            got = model(x)
+            assert WORKSPACE._held and all(h[0].numel() == x.numel() for h in WORKSPACE._held.values())
+        assert not WORKSPACE._held
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()
+    with quantize_(model, "hadanorm", "w4a4", calibration=stats):
+        recorded = model(x.clone().requires_grad_())
+        assert recorded.grad_fn is not None and not WORKSPACE._held
+        with torch.no_grad():
+            assert torch.equal(recorded, model(x))
 
 
 def test_torch_path_computes_in_float32():

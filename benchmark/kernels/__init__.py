@@ -29,8 +29,8 @@ from ..quant import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_q
 from .plan import TileLayout, plan_layout
 
 __all__ = [
-    "KERNELS", "MatchReport", "resolve_kernel", "compare_outputs", "fused_supported", "fused_transform_quantize",
-    "interpreting", "online_function", "torch_transform_quantize", "triton_available",
+    "KERNELS", "MatchReport", "Workspace", "resolve_kernel", "compare_outputs", "fused_supported",
+    "fused_transform_quantize", "interpreting", "online_function", "torch_transform_quantize", "triton_available",
 ]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -163,6 +163,28 @@ def fused_transform_quantize(
     return out
 
 
+class Workspace:
+    """Two buffers the torch path reuses from call to call, per dtype and device, grown to the
+    largest input seen. On the CPU a fresh buffer of a few MB per call costs page faults that
+    can take as long as the arithmetic (``hadabench microbench --roofline``: the 768- and
+    4608-wide inputs). A result computed in it lives until the next call that uses it."""
+
+    def __init__(self):
+        self._held: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def pair(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two contiguous tensors of ``like``'s shape, dtype and device (uninitialized)."""
+        key, size = (like.dtype, like.device), like.numel()
+        held = self._held.get(key)
+        if held is None or held[0].numel() < size:
+            held = self._held[key] = tuple(torch.empty(size, dtype=like.dtype, device=like.device)
+                                           for _ in range(2))
+        return tuple(buffer[:size].view(like.shape) for buffer in held)
+
+    def clear(self) -> None:
+        self._held.clear()
+
+
 def torch_transform_quantize(
     x: torch.Tensor,
     mu: torch.Tensor | None = None,
@@ -172,6 +194,7 @@ def torch_transform_quantize(
     *,
     grid: str = DEFAULT_GRID,
     compute_dtype: torch.dtype | None = torch.float32,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """The reference, and ``TransformedLinear``'s torch path: centre, scale, rotate, then
     quantize per token on ``grid``, with the project's torch code.
@@ -179,7 +202,9 @@ def torch_transform_quantize(
     Computes in ``compute_dtype`` (float32 by default: x, mu and inv_scale are upcast, the
     result is cast back to x's dtype once, the fused kernel's numerics); None computes in
     x's own dtype, rounding after every step (the project's earlier bf16/fp16 path).
-    After the first step every operation works in place on one buffer of its own."""
+    After the first step every operation works in place on one buffer of its own: the
+    ``workspace``'s when given (then the result may be one of its buffers, valid until its
+    next use), else new ones. The same operations either way, so the same bits."""
     dtype = x.dtype
     if compute_dtype is not None and dtype != compute_dtype:
         x = x.to(compute_dtype)
@@ -192,14 +217,20 @@ def torch_transform_quantize(
     # The random signs join the per-channel scale: one pass (times +-1 is exact, so the
     # bits are those of scaling, then the signs, then the factors).
     multiplier = inv_scale if signs is None else signs if inv_scale is None else inv_scale * signs
-    h = x - mu if mu is not None else x
+    # Autograd refuses out= arguments and in-place updates: while it records, each step makes
+    # a new tensor (the same values).
+    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mu, inv_scale))
+    first, spare = (workspace.pair(x) if workspace is not None and not recording and x.is_contiguous()
+                    else (None, None))
+    h = torch.sub(x, mu, out=first) if mu is not None else x
     if multiplier is not None:
-        h = h * multiplier if h is x else h.mul_(multiplier)
+        h = torch.mul(h, multiplier, out=first) if h is x or recording else h.mul_(multiplier)
     if factors is not None:
-        h = apply_factors(h, factors, None, rotation.block, inplace=h is not x and h.is_contiguous())
+        h = apply_factors(h, factors, None, rotation.block, spare=spare,
+                          inplace=h is not x and not recording and h.is_contiguous())
     if bits is not None:
         _check_bits(bits)
-        h = fake_quantize(h, bits, grid, inplace=h is not x)
+        h = fake_quantize(h, bits, grid, inplace=h is not x and not recording)
     return h.to(dtype)
 
 
