@@ -43,8 +43,9 @@ CORRECTIONS = {
 _NEEDS = {"block_size": "only the rotation 'block' uses it", "seed": "it draws random signs, "
           "and random_signs is off", "correction": "only a centering transform adds W mu back"}
 AUTO_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
-# The torch path's buffers, shared by every group: one group's input is transformed at a time,
-# and its result is consumed by that group's matmul before the next (emptied on restore).
+# The torch path's buffers, shared by every group: in a thread, one group's input is
+# transformed at a time, and that group's matmul consumes the result before the next
+# (emptied when a quantization is restored).
 WORKSPACE = Workspace()
 _EPS = 1e-5
 

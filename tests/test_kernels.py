@@ -212,6 +212,13 @@ def test_the_workspace_gives_the_same_bits_and_reuses_its_buffers(dtype, center,
                                          workspace=workspace)
         assert again.data_ptr() == got.data_ptr() and torch.equal(again, want[:2])
         assert torch.equal(torch_transform_quantize(x, mu, inv_scale, rotation, bits, workspace=workspace), want)
+        import threading  # another thread gets buffers of its own
+
+        elsewhere = []
+        thread = threading.Thread(target=lambda: elsewhere.append(workspace.pair(x)[0].data_ptr()))
+        thread.start()
+        thread.join()
+        assert elsewhere[0] not in {buffer.data_ptr() for buffer in workspace.pair(x)}
 
 
 def test_a_group_transforms_in_the_shared_workspace_until_restored():
