@@ -119,18 +119,6 @@ def online_cost(samples: int, tokens: int, channels: int, rotation) -> tuple[int
     return 2 * 4 * elements, elements * (2 * sum(rotation.factor_sizes) + 8)
 
 
-def harness_path(kernel: str):
-    """The online function of ``kernel`` as ``TransformedLinear.forward`` calls it (the torch
-    path reusing a workspace's buffers)."""
-    from .kernels import Workspace, online_function
-
-    run = online_function(kernel)
-    if kernel != "torch":
-        return run
-    workspace = Workspace()
-    return lambda *args, **kwargs: run(*args, workspace=workspace, **kwargs)
-
-
 @torch.no_grad()
 def roofline_table(kernels=("torch",), repeats: int = 20, bits: int = 4) -> str:
     """Per shape: bytes, flops, the time the measured copy bandwidth (a copy of the same
@@ -139,8 +127,10 @@ def roofline_table(kernels=("torch",), repeats: int = 20, bits: int = 4) -> str:
     each shape and the copy and the kernels take turns in every repeat, so a ratio compares
     times taken in the same spell of a shared machine."""
     from .hadamard import HadamardRotation
+    from .kernels import Workspace, online_function
 
-    kernels = [(k, harness_path(k)) if isinstance(k, str) else k for k in kernels]  # or (label, fn)
+    # as TransformedLinear.forward runs them (the torch path in a workspace), or (label, fn)
+    kernels = [(k, online_function(k, Workspace())) if isinstance(k, str) else k for k in kernels]
     square_flops, square = _square_matmul()
     rows = []
     for label, samples, tokens, channels in ROOFLINE_SHAPES:

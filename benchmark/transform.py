@@ -208,9 +208,8 @@ class TransformedLinear(QuantizedGroup):
         torch path may compute it in the shared ``WORKSPACE``."""
         if x.device != self.kernel_device:
             self.kernel, self.kernel_device = resolve_kernel(self.requested_kernel, x.device), x.device
-        extra = {"workspace": WORKSPACE} if transient and self.kernel == "torch" else {}
-        return online_function(self.kernel)(x, mu, self.inv_scale, self.rotation, bits,
-                                            grid=self.precision.grid, **extra)
+        run = online_function(self.kernel, WORKSPACE if transient else None)
+        return run(x, mu, self.inv_scale, self.rotation, bits, grid=self.precision.grid)
 
     def forward(self, x: torch.Tensor):
         mu = x.mean(dim=-2, keepdim=True) if self.center else None

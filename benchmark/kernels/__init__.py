@@ -18,6 +18,7 @@ kernel runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..hadamard import HadamardRotation, apply_factors
-from ..quant import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_quantize
+from ..quant import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_quantize, grid_step
 from .plan import TileLayout, plan_layout
 
 __all__ = [
@@ -166,9 +167,10 @@ def fused_transform_quantize(
 
 class Workspace:
     """Two buffers the torch path reuses from call to call, per dtype, device and thread,
-    grown to the largest input seen. On the CPU a fresh buffer of a few MB per call costs page faults that
-    can take as long as the arithmetic (2,048 tokens x 768: 6.4 ms a call with new buffers,
-    2.8 in these). A result computed in it lives until the next call that uses it."""
+    grown to the largest input seen. On the CPU a fresh buffer of a few MB per call costs
+    page faults that can take as long as the arithmetic (2,048 tokens x 768: 6.4 ms a call
+    with new buffers, 2.8 in these). A result computed in it lives until the next call that
+    uses it."""
 
     def __init__(self):
         self._held: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -231,16 +233,19 @@ def torch_transform_quantize(
                           inplace=h is not x and not recording and h.is_contiguous())
     if bits is not None:
         _check_bits(bits)
-        h = fake_quantize(h, bits, grid, inplace=h is not x and not recording)
+        h = fake_quantize(h, bits, grid, inplace=h is not x)  # new tensors while autograd records
     return h.to(dtype)
 
 
-def online_function(kernel: str):
-    """The function that runs the online part for a resolved kernel name."""
+def online_function(kernel: str, workspace: Workspace | None = None):
+    """The function that runs the online part for a resolved kernel name; the torch path
+    computing in ``workspace`` when one is given (the other paths allocate their own)."""
     if kernel == "compile":
         from .compiled import compiled_transform_quantize
 
         return compiled_transform_quantize
+    if kernel == "torch" and workspace is not None:
+        return functools.partial(torch_transform_quantize, workspace=workspace)
     return {"torch": torch_transform_quantize, "triton": fused_transform_quantize}[kernel]
 
 
@@ -298,9 +303,8 @@ def compare_outputs(out: torch.Tensor, ref: torch.Tensor, bits: int | None,
     bad = finite_a & finite_b & (diff > tol)
     max_steps = 0.0
     if bits is not None and bad.any():
-        if step is None:
-            step = (b.amax(dim=-1, keepdim=True) - b.amin(dim=-1, keepdim=True)) / (2**bits - 1)
-            step = torch.where(step > 0, step, torch.ones_like(step))
+        if step is None:  # the reference row's range over the levels
+            step = grid_step(b.amin(dim=-1, keepdim=True), b.amax(dim=-1, keepdim=True), bits, "min_anchored")
         step = step.float().reshape(-1, 1).expand_as(b)
         max_steps = float(((diff - tol)[bad] / step[bad]).max())
     elif bad.any():

@@ -31,7 +31,7 @@ import torch
 
 from .. import CalibrationStats, HadamardRotation
 from ..models.base import ModelAdapter
-from . import fused_transform_quantize, torch_transform_quantize
+from . import Workspace, fused_transform_quantize, online_function
 from .compiled import compiled_transform_quantize
 from .gpu_check import require_gpu
 from .plan import plan_layout
@@ -135,6 +135,7 @@ def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float,
                 compiled: bool = True, device: str = "cuda", widths=(1152, 4608)) -> list[list]:
     rows = []
     time_ms = functools.partial(device_ms, device=device)
+    torch_path = online_function("torch", Workspace())  # as TransformedLinear.forward runs it
     for channels in widths:
         gen = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(samples, tokens // samples, channels, generator=gen, device=device).to(dtype)
@@ -152,7 +153,7 @@ def kernel_rows(tokens: int, samples: int, bits: int, dtype, copy_bw: float,
             rot = None if block == 0 else HadamardRotation(channels, block, signs, seed=0).to(device)
             args = (x, mu if center else None, inv_scale if scale else None, rot, bits)
             out = torch.empty_like(x)
-            torch_ms = time_ms(lambda: torch_transform_quantize(*args))
+            torch_ms = time_ms(lambda: torch_path(*args))
             fused_ms = time_ms(lambda: fused_transform_quantize(*args, out=out))
             compile_ms = time_ms(lambda: compiled_transform_quantize(*args)) if compiled else None
             layout = plan_layout(channels, rot)
