@@ -1,6 +1,6 @@
 """Dynamic centering alone: the paper's "Dyn. Center" ablation."""
 
-from benchmark.transform import AffineTransform
+from benchmark.transform.base import AffineTransform
 
 
 def dyncenter(correction: str = "quantized_token") -> AffineTransform:

@@ -1,6 +1,6 @@
 """HadaNorm (Federici et al., 2025): centre and rescale each channel, then rotate."""
 
-from benchmark.transform import AffineTransform
+from benchmark.transform.base import AffineTransform
 
 
 def hadanorm(alpha: float | str = 0.5, hadamard: str = "full", block_size: int = 128,

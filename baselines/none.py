@@ -1,6 +1,6 @@
 """No transform: the activations are quantized as they are."""
 
-from benchmark.transform import AffineTransform
+from benchmark.transform.base import AffineTransform
 
 
 def none() -> AffineTransform:

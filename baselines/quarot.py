@@ -1,6 +1,6 @@
 """QuaRot (Ashkboos et al., 2024): a randomized Hadamard rotation spreads outliers."""
 
-from benchmark.transform import AffineTransform
+from benchmark.transform.base import AffineTransform
 
 
 def quarot(hadamard: str = "full", block_size: int = 128, seed: int = 0) -> AffineTransform:

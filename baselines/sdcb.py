@@ -1,6 +1,6 @@
 """SDCB, ViDiT-Q's static-dynamic channel balancing (Zhao et al., 2025): scale, then rotate."""
 
-from benchmark.transform import AffineTransform
+from benchmark.transform.base import AffineTransform
 
 
 def sdcb(alpha: float | str = 0.5, hadamard: str = "full", block_size: int = 128) -> AffineTransform:

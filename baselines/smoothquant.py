@@ -1,6 +1,6 @@
 """SmoothQuant (Xiao et al., 2023): static per-channel scales move outliers into the weights."""
 
-from benchmark.transform import AffineTransform
+from benchmark.transform.base import AffineTransform
 
 
 def smoothquant(alpha: float | str = 0.5) -> AffineTransform:

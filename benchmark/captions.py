@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.errors import UserError
+
 SOURCES = ("coco", "embedded", "file")
 SPLITS = ("calibration", "evaluation")
 
@@ -87,19 +89,19 @@ def load_captions(source: str, path: str | Path | None = None) -> CaptionSet:
     elif source == "embedded":
         folder = datasets_dir() / (str(path) if path is not None else "embedded")
         if not folder.is_dir():
-            raise ValueError(f"{folder}: embedded caption folder not found")
+            raise UserError(f"{folder}: embedded caption folder not found")
         captions = []
         for split in SPLITS:
             captions += _load_lines(folder / f"{split}.txt", prefix=f"{split}:", split=split)
         where = f"datasets/{folder.name}"
     elif source == "file":
         if path is None:
-            raise ValueError("source 'file' needs a path to a text file, one caption per line")
+            raise UserError("source 'file' needs a path to a text file, one caption per line")
         captions, where = _load_lines(Path(path), prefix=""), str(path)
     else:
-        raise ValueError(f"unknown caption source {source!r}; choose one of {', '.join(SOURCES)}")
+        raise UserError(f"unknown caption source {source!r}; choose one of {', '.join(SOURCES)}")
     if not captions:
-        raise ValueError(f"{where}: no captions in this source")
+        raise UserError(f"{where}: no captions in this source")
     return CaptionSet(source, where, tuple(captions))
 
 
@@ -107,8 +109,13 @@ def datasets_dir() -> Path:
     """The repo's ``datasets/`` folder: next to the ``benchmark`` package directory."""
     folder = Path(__file__).resolve().parent.parent / "datasets"
     if not folder.is_dir():
-        raise ValueError(f"{folder}: datasets folder not found (embedded captions live in the repo checkout)")
+        raise UserError(f"{folder}: datasets folder not found (embedded captions live in the repo checkout)")
     return folder
+
+
+def embedded_captions_dir() -> Path:
+    """The embedded model's caption files (calibration.txt, evaluation.txt)."""
+    return datasets_dir() / "embedded"
 
 
 def make_splits(captions: Sequence[Caption], calib_size: int, eval_size: int, seed: int = 0,
@@ -123,9 +130,9 @@ def make_splits(captions: Sequence[Caption], calib_size: int, eval_size: int, se
     where = getattr(captions, "path", None) or "captions"
     for name, value in (("calib_size", calib_size), ("eval_size", eval_size)):
         if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            raise UserError(f"{name} must be a non-negative integer, got {value!r}")
     if not isinstance(captions_per_image, int) or captions_per_image < 1:
-        raise ValueError(f"captions_per_image must be a positive integer, got {captions_per_image!r}")
+        raise UserError(f"captions_per_image must be a positive integer, got {captions_per_image!r}")
 
     by_image: dict[int | str, list[Caption]] = {}
     for caption in captions:
@@ -141,7 +148,7 @@ def make_splits(captions: Sequence[Caption], calib_size: int, eval_size: int, se
         pool = [i for i in ordered if i not in taken and _split_of(by_image[i]) in (None, split)]
         if size > len(pool):
             having = f" with >= {captions_per_image} captions" if captions_per_image > 1 else ""
-            raise ValueError(f"{where}: {split} split of {size} images is larger than the source "
+            raise UserError(f"{where}: {split} split of {size} images is larger than the source "
                              f"({len(pool)} images{having} left for {split})")
         chosen[split] = pool[:size]
         taken.update(pool[:size])
@@ -169,13 +176,13 @@ def make_splits(captions: Sequence[Caption], calib_size: int, eval_size: int, se
 
 def _rank(seed: int, key: int | str) -> str:
     # A seeded, platform-independent order: no RNG whose stream could change between versions.
-    return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
 
 
 def _split_of(group: list[Caption]) -> str | None:
     splits = {c.split for c in group}
     if len(splits) > 1:
-        raise ValueError(f"image {group[0].image_id!r} has captions fixed to different splits: "
+        raise UserError(f"image {group[0].image_id!r} has captions fixed to different splits: "
                          f"{sorted(map(str, splits))}")
     return splits.pop()
 
@@ -188,20 +195,20 @@ def _load_lines(path: Path, prefix: str, split: str | None = None) -> list[Capti
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"{path}: caption file not found") from None
+        raise UserError(f"{path}: caption file not found") from None
     except OSError as error:
-        raise ValueError(f"{path}: cannot read caption file ({error.strerror})") from None
+        raise UserError(f"{path}: cannot read caption file ({error.strerror})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
     captions = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             # One image per line: the id names the line, so it survives edits elsewhere in the file.
             captions.append(Caption(f"{prefix}{number}", f"{prefix}{number}", _normalise(line), split))
     if not captions:
-        raise ValueError(f"{path}: no captions in this file")
+        raise UserError(f"{path}: no captions in this file")
     return captions
 
 
@@ -209,29 +216,29 @@ def _load_coco_file(path: Path) -> list[Caption]:
     from pycocotools.coco import COCO
 
     if not path.is_file():
-        raise ValueError(f"{path}: COCO annotations file not found")
+        raise UserError(f"{path}: COCO annotations file not found")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             coco = COCO(str(path))
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
+        raise UserError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
     except AssertionError:  # pycocotools asserts that the top level is an object
-        raise ValueError(f"{path}: not a COCO annotations file (top level is not a JSON object)") from None
+        raise UserError(f"{path}: not a COCO annotations file (top level is not a JSON object)") from None
     except (KeyError, TypeError) as error:  # pycocotools indexes entries without checking them
-        raise ValueError(f"{path}: not a COCO annotations file (an entry lacks {error})") from None
+        raise UserError(f"{path}: not a COCO annotations file (an entry lacks {error})") from None
     annotations = coco.dataset.get("annotations")
     if not isinstance(annotations, list):
-        raise ValueError(f"{path}: not a COCO annotations file (no 'annotations' list)")
+        raise UserError(f"{path}: not a COCO annotations file (no 'annotations' list)")
     captions = []
     for ann in annotations:
         if not isinstance(ann, dict) or not {"id", "image_id", "caption"} <= ann.keys() \
                 or not isinstance(ann["caption"], str):
-            raise ValueError(f"{path}: not a COCO captions file (an annotation lacks id, image_id or caption)")
+            raise UserError(f"{path}: not a COCO captions file (an annotation lacks id, image_id or caption)")
         captions.append(Caption(str(ann["id"]), ann["image_id"], _normalise(ann["caption"])))
     if not captions:
-        raise ValueError(f"{path}: no captions in this file")
+        raise UserError(f"{path}: no captions in this file")
     return captions
 
 
@@ -240,13 +247,13 @@ def _load_coco_hub() -> list[Caption]:
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"{where}: no COCO annotations file given and the `datasets` library is not "
+        raise UserError(f"{where}: no COCO annotations file given and the `datasets` library is not "
                          "installed; pass path=.../captions_val2017.json") from None
     try:
         rows = datasets.load_dataset(HF_COCO_DATASET, split="validation", revision=HF_COCO_REVISION)
     except Exception as error:  # offline, hub unreachable, dataset moved: all mean "not available"
-        raise ValueError(f"{where}: cannot load COCO captions from the hub ({type(error).__name__}); "
+        raise UserError(f"{where}: cannot load COCO captions from the hub ({type(error).__name__}); "
                          "pass path=.../captions_val2017.json") from None
     # One row per image: its annotation ids and captions, the same ids as the annotation file.
     return [Caption(str(ann_id), row["image_id"], _normalise(text))
-            for row in rows for ann_id, text in zip(row["ids"], row["captions"])]
+            for row in rows for ann_id, text in zip(row["ids"], row["captions"], strict=False)]

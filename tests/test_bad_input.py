@@ -21,14 +21,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from benchmark.cli import main
-from benchmark.runfolder import LOCK_NAME, FolderLock
+from benchmark.run.folder import LOCK_NAME, FolderLock
 
 PLUGINS = Path(__file__).parent / "plugins"
 FAST = ["--eval-size", "2", "--calib-size", "2", "--steps", "2", "--transforms", "none",
@@ -359,8 +359,8 @@ def finished(tmp_path_factory):
 def not_yet_refused(case: Case) -> bool:
     """A case for another branch that this tree does not refuse yet: not run here (it would
     run whole cells); once that branch is merged, it runs like every other case."""
-    from benchmark.config import parse_transforms
-    from benchmark.registry import create_transform
+    from benchmark.run.config import parse_transforms
+    from benchmark.transform.registry import create_transform
 
     spec = parse_transforms(case.argv[case.argv.index("--transforms", len(FRESH)) + 1])[0]
     try:
@@ -390,6 +390,7 @@ def test_the_table_is_wide():
 
 # -- the real entry point, once: one line from a fresh process too --
 
+@pytest.mark.slow  # end to end
 def test_a_bad_input_in_a_fresh_process(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("precisions = 5\n")
@@ -403,6 +404,7 @@ def test_a_bad_input_in_a_fresh_process(tmp_path):
 
 # -- one run per folder --
 
+@pytest.mark.slow  # end to end
 def test_a_second_run_into_a_held_folder_is_refused(finished, tmp_path, capfd):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -475,7 +477,7 @@ def crafted(run: Path) -> dict:
 def test_a_crafted_results_file_renders_inert(finished, tmp_path):
     from markdown_it import MarkdownIt
 
-    from benchmark.leaderboard import render
+    from benchmark.reports.leaderboard import render
 
     run = tmp_path / "runs" / "evil"
     shutil.copytree(finished, run)
@@ -506,7 +508,7 @@ def test_a_crafted_results_file_renders_inert(finished, tmp_path):
 
 
 def test_only_files_inside_the_run_folder_are_linked(finished, tmp_path):
-    from benchmark import markdown as md
+    from benchmark.reports import markdown as md
 
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -545,7 +547,7 @@ def test_a_stale_reference_is_generated_again(finished, tmp_path, capfd):
 def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchmark.results import write_atomic
+    from benchmark.fileio import write_atomic
 
     target = tmp_path / "00.png"
 

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from benchmark.calibration import calibrate, caption_seeds, collect_stats, read_captions
+from benchmark.families.examples import save_tiny_pixart
 from benchmark.models import load_model
-from benchmark.models.tiny import save_tiny_pixart
-from benchmark.transform import CalibrationStats
+from benchmark.run.calibration import calibrate, caption_seeds, collect_stats, read_captions
+from benchmark.transform.base import CalibrationStats
 
 CAPTIONS = ["a red cat sitting on the table", "two dogs in a field", "a bus on the street"]
 STEPS = 3

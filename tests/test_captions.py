@@ -45,6 +45,7 @@ def coco(coco_file):
 
 # --- COCO caption files: the synthetic one, and the real one where present ----------------
 
+@pytest.mark.slow  # end to end
 def test_synthetic_file_is_what_its_script_writes(tmp_path):
     out = tmp_path / "synthetic.json"
     subprocess.run([sys.executable, str(DATA / "make_synthetic_coco.py"), str(out)], check=True,

@@ -15,12 +15,12 @@ import psutil
 import pytest
 import torch
 
-from benchmark.calibration import caption_seeds, collect_part, merge_parts
 from benchmark.cli import main
-from benchmark.distributed import share
-from benchmark.leaderboard import render
-from benchmark.results import read_results
-from benchmark.runner import same_alphas
+from benchmark.reports.leaderboard import render
+from benchmark.results.schema import read_results
+from benchmark.run.calibration import caption_seeds, collect_part, merge_parts
+from benchmark.run.distributed import share
+from benchmark.run.runner import same_alphas
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "plugins"
@@ -81,8 +81,8 @@ def test_a_cell_whose_processes_chose_different_alphas_fails():
 
 
 def test_calibration_parts_merge_exactly(tmp_path):
+    from benchmark.families.examples import save_tiny_pixart
     from benchmark.models import load_model
-    from benchmark.models.tiny import save_tiny_pixart
 
     model = load_model(str(save_tiny_pixart(tmp_path / "pipeline")))
     captions = ["a red cat", "two dogs in a field", "a bus on the street"]
@@ -100,6 +100,7 @@ def test_calibration_parts_merge_exactly(tmp_path):
     assert sample.shape[0] * sample.shape[1] <= 600 and sample.shape[0] > 1
 
 
+@pytest.mark.slow  # end to end
 def test_two_processes_give_the_numbers_of_one(tmp_path):
     run_one(tmp_path / "one", SPLIT)
     output = run_two(tmp_path / "two", SPLIT)
@@ -124,6 +125,7 @@ def test_two_processes_give_the_numbers_of_one(tmp_path):
     assert output.count("w4a4/hadanorm: sqnr_db") == 1  # one voice: the main process logs
 
 
+@pytest.mark.slow  # end to end
 def test_a_killed_two_process_run_resumes(tmp_path):
     results = tmp_path / "two" / "run" / "results.json"
     process = launch(tmp_path / "two", SPREAD, stall=True)

@@ -15,26 +15,21 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.registry as registry
-from benchmark import (AffineTransform, HadaNormConfig, QuaRotConfig, calibrate, quantize_)
-from benchmark.calibration import calibrate as calibrate_model
+from benchmark import AffineTransform, HadaNormConfig, QuaRotConfig, calibrate, quantize_
 from benchmark.cli import main
+from benchmark.families.examples import save_tiny
+from benchmark.families.registry import families
+from benchmark.families.targets import Family, discover_targets, is_pointwise_conv
 from benchmark.models import load_model
-from benchmark.models.tiny import save_tiny
-from benchmark.registry import BASELINES, families, load_plugin_file
-from benchmark.targets import Family, discover_targets, is_pointwise_conv
+from benchmark.plugins import load_plugin_file
+from benchmark.run.calibration import calibrate as calibrate_model
+from benchmark.transform.registry import BASELINES
 
 PLUGINS = Path(__file__).parent / "plugins"
 CAPTIONS = ["a red cat sitting on the table", "two dogs in a field"]
 SEEDS = [11, 12]
 VARIANTS = ("pixart-alpha", "sd3", "flux", "sana")
 FAMILY = {"pixart-alpha": "pixart", "sd3": "sd3", "flux": "flux", "sana": "sana"}
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_entries", None)
-    monkeypatch.setattr(registry, "_families", None)
 
 
 # -- quantize_ on a module tree no adapter knows ----------------------------------------
@@ -136,7 +131,7 @@ def test_family_entry_point(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[hadabench.families]\ntoyfam = toyfam:FAMILY\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     entry = families()["toyfam"]
-    assert entry.source == "entry point (toyfam)" and entry.family.roles == ("mlp_in", "mlp_out")
+    assert entry.source == "entry point (toyfam)" and entry.value.roles == ("mlp_in", "mlp_out")
 
 
 def test_ls_lists_families_with_roles(capsys):
@@ -155,7 +150,7 @@ def tiny(request, tmp_path_factory):
 
 def test_targets_cover_every_block_linear(tiny):
     variant, _, model = tiny
-    family = families()[FAMILY[variant]].family
+    family = families()[FAMILY[variant]].value
     assert model.family is family
     groups = model.targets()
     covered = {name: g.role for g in groups for name, _ in g.linears}
@@ -172,6 +167,7 @@ def test_targets_cover_every_block_linear(tiny):
         assert len({lin.in_features for _, lin in g.linears}) == 1
 
 
+@pytest.mark.slow  # end to end
 def test_every_transform_at_fp_leaves_latents_unchanged(tiny):
     _, _, model = tiny
     stats, _ = calibrate_model(model, CAPTIONS, steps=2, cache_dir=None)
@@ -191,6 +187,7 @@ def test_every_transform_at_fp_leaves_latents_unchanged(tiny):
     assert torch.equal(model.generate(CAPTIONS, SEEDS, steps=3).latents, reference.latents)
 
 
+@pytest.mark.slow  # end to end
 def test_quantized_run_through_the_cli(tiny, tmp_path):
     variant, folder, _ = tiny
     out = tmp_path / "run"
@@ -235,10 +232,11 @@ def test_a_pipeline_no_family_describes_is_refused():
 
 def test_pointwise_convolutions_as_targets():
     # Sana's 1x1 convolutions: pixels as tokens, exact at fp through the (N, C, H, W) layout
-    from benchmark.models.tiny import tiny_transformer
+    from benchmark.families.examples import tiny_transformer
 
     sana = tiny_transformer("sana")
-    groups = discover_targets(sana, filter_fn=lambda lin, name: name.endswith("conv_inverted"))
+    groups = discover_targets(sana, families()["sana"].value,
+                              filter_fn=lambda lin, name: name.endswith("conv_inverted"))
     assert [g.name for g in groups] == ["transformer_blocks.0.ffn_up", "transformer_blocks.1.ffn_up"]
     assert all(g.channels_first for g in groups)
     ff = sana.transformer_blocks[0].ff

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.numerics import PINNED_ENV
-from benchmark.results import metric_value, read_results
+from benchmark.quant.numerics import PINNED_ENV
+from benchmark.results.schema import metric_value, read_results
 
 PLUGIN = Path(__file__).parent / "plugins" / "degraded.py"
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +31,11 @@ def pinned_run(out: Path, cache: Path, degrade: str) -> subprocess.CompletedProc
 
 
 def check(run: Path, baseline: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark", "check", str(run), "--baseline", str(baseline / "results.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "benchmark", "check", str(run), "--baseline",
+                           str(baseline / "results.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # end to end
 def test_gate_fails_a_degraded_transform_and_passes_an_honest_rerun(tmp_path):
     cache = tmp_path / "cache"
     runs = {name: tmp_path / name for name in ("baseline", "rerun", "degraded")}
@@ -80,7 +81,7 @@ def test_a_gpu_run_turns_tf32_off_and_back_on():
     TF32, which the quantized cells' linears would not use); the user's settings come back."""
     import torch
 
-    from benchmark import numerics
+    from benchmark.quant import numerics
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
@@ -93,6 +94,7 @@ def test_a_gpu_run_turns_tf32_off_and_back_on():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
+@pytest.mark.slow  # end to end
 def test_float32_is_pinned_through_the_precision_api_the_program_uses():
     """After torch's per-backend API (2.9+) set TF32 and oneDNN's bf16, reading the legacy
     flags raises: a GPU run and the exactness check then go through the new API, computing a
@@ -100,7 +102,7 @@ def test_float32_is_pinned_through_the_precision_api_the_program_uses():
     since the two APIs' state cannot be reset."""
     code = """
 import torch
-from benchmark import numerics
+from benchmark.quant import numerics
 a, b = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)).split(128)
 exact = a @ b.T
 torch.backends.cuda.matmul.fp32_precision = "tf32"

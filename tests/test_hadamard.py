@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from benchmark.hadamard import HadamardRotation, hadamard_matrix, hadamard_order_factor
+from benchmark.quant.hadamard import HadamardRotation, hadamard_matrix, hadamard_order_factor
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 12, 20, 28, 36, 64, 96, 128, 1152, 4608])
@@ -72,7 +72,7 @@ def test_dtypes():
 def test_inplace_apply_is_the_same_bits(size, block, count):
     """The online path's in-place form (explicit mm/bmm outputs, two buffers) makes the calls
     torch.matmul makes: one, two and three factors (3072 = 12 x 128 x 2)."""
-    from benchmark.hadamard import apply_factors
+    from benchmark.quant.hadamard import apply_factors
 
     rotation = HadamardRotation(size, block, random_signs=True)
     factors, signs = rotation._cast_like(torch.empty(0))

@@ -1,7 +1,7 @@
 """The fused transform-and-quantize kernels, run by Triton's CPU interpreter.
 
 TRITON_INTERPRET must be set before triton compiles a kernel (``@triton.jit`` reads it), so
-it is set here, before ``benchmark.kernels`` imports its kernel module. Few tokens: the
+it is set here, before ``benchmark.quant.kernels`` imports its kernel module. Few tokens: the
 interpreter runs every program in Python.
 """
 
@@ -17,11 +17,18 @@ import torch  # noqa: E402
 
 import benchmark  # noqa: E402,F401
 from benchmark import HadamardRotation, TransformedLinear  # noqa: E402
-from benchmark.kernels import (Workspace, compare_outputs, fused_supported, fused_transform_quantize,  # noqa: E402
-                               interpreting, resolve_kernel, torch_transform_quantize,
-                               triton_available)
-from benchmark.kernels.plan import plan_layout  # noqa: E402
-from benchmark.quant import Precision, fake_quantize  # noqa: E402
+from benchmark.quant.grid import Precision, fake_quantize  # noqa: E402
+from benchmark.quant.kernels import (  # noqa: E402
+    Workspace,
+    compare_outputs,
+    fused_supported,
+    fused_transform_quantize,
+    interpreting,
+    resolve_kernel,
+    torch_transform_quantize,
+    triton_available,
+)
+from benchmark.quant.kernels.plan import plan_layout  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 needs_interpreter = pytest.mark.skipif(
@@ -181,12 +188,12 @@ def test_the_kernel_follows_the_module_to_the_inputs_device(monkeypatch):
     """"auto" is resolved for the weights' device when the group is built, and again for the
     input's once the module has moved (quantized on the CPU, then ``model.to("cuda")``: the
     fused kernel there, not the CPU's choice). The meta device stands in for the GPU."""
-    import benchmark.transform as transform
+    import benchmark.transform.base as transform
 
     asked = []
     real = transform.resolve_kernel
-    monkeypatch.setattr(transform, "resolve_kernel",
-                        lambda kernel, device: asked.append((kernel, torch.device(device).type)) or real(kernel, device))
+    monkeypatch.setattr(transform, "resolve_kernel", lambda kernel, device:
+                        asked.append((kernel, torch.device(device).type)) or real(kernel, device))
     group = TransformedLinear([torch.nn.Linear(12, 4)], Precision(None, None), center=False, scale=None,
                               rotation=None)
     group.online(torch.randn(2, 3, 12), None, None)
@@ -226,7 +233,7 @@ def test_a_group_transforms_in_the_shared_workspace_until_restored():
     matmul consumes it at once), except while autograd records (then no step is in place);
     restoring a quantization frees the buffers."""
     from benchmark import calibrate, quantize_
-    from benchmark.transform import WORKSPACE
+    from benchmark.transform.base import WORKSPACE
 
     model = torch.nn.Sequential(torch.nn.Linear(192, 32), torch.nn.Linear(32, 8))
     x = torch.randn(2, 7, 192)
@@ -260,11 +267,12 @@ compiler = pytest.mark.skipif(not __import__("shutil").which("c++"),
                               reason="torch.compile on the CPU needs a C++ compiler")
 
 
+@pytest.mark.slow  # end to end
 @compiler
 def test_compiled_kernel_is_the_torch_path_bit_for_bit():
     """``--kernel compile``: one shape, both grids, fp32 (bit-identical) and bf16 (the same
     fp32 computation, one rounding: within compare_outputs' tolerance)."""
-    from benchmark.kernels.compiled import compiled_transform_quantize
+    from benchmark.quant.kernels.compiled import compiled_transform_quantize
 
     rotation = HadamardRotation(192, random_signs=True)  # H12 (x) H16, the embedded width
     for dtype in (torch.float32, torch.bfloat16):
@@ -289,9 +297,9 @@ def test_transformed_linear_on_the_compiled_kernel():
 
 _COMPILED_MATCHES_EAGER = """
 import torch
-from benchmark.hadamard import HadamardRotation
-from benchmark.kernels import torch_transform_quantize
-from benchmark.kernels.compiled import compiled_transform_quantize
+from benchmark.quant.hadamard import HadamardRotation
+from benchmark.quant.kernels import torch_transform_quantize
+from benchmark.quant.kernels.compiled import compiled_transform_quantize
 x = torch.randn(4, 8, 192, generator=torch.Generator().manual_seed(0)) + 3
 mu, rotation = x.mean(-2, keepdim=True), HadamardRotation(192, random_signs=True)
 print(all(torch.equal(compiled_transform_quantize(x, mu, None, rotation, 4, grid=grid),
@@ -300,6 +308,7 @@ print(all(torch.equal(compiled_transform_quantize(x, mu, None, rotation, 4, grid
 """
 
 
+@pytest.mark.slow  # end to end
 @compiler
 def test_compiled_kernel_cache_is_kept_apart_per_vector_width(tmp_path):
     """Pinned numerics (AVX2, 8 lanes) and a native AVX-512 process (16 lanes) share inductor's
@@ -378,7 +387,7 @@ def test_rejects_bad_arguments(monkeypatch):
 
 
 def test_reports_when_triton_is_missing(monkeypatch):
-    import benchmark.kernels as kernels
+    import benchmark.quant.kernels as kernels
 
     monkeypatch.setattr(kernels.importlib.util, "find_spec", lambda name: None)
     assert not kernels.triton_available() and not kernels.fused_supported(torch.randn(2, 64))
@@ -391,7 +400,7 @@ def test_reports_when_triton_is_missing(monkeypatch):
 def test_gpu_perf_model_swap_on_a_tiny_pixart():
     """gpu_perf's W4A4 swap on a tiny PixArt: fused and torch paths agree, undo restores."""
     pytest.importorskip("diffusers")
-    from benchmark.kernels.gpu_perf import build_pixart, pixart_inputs, swap_in
+    from benchmark.testing.pixart import build_pixart, pixart_inputs, swap_in
 
     model = build_pixart(latent=4, layers=1, heads=2, head_dim=64, caption_channels=32)
     inputs = pixart_inputs(model, batch=2, text_tokens=3, device="cpu", dtype=torch.float32)
@@ -411,7 +420,7 @@ def test_gpu_perf_model_swap_on_a_tiny_pixart():
 @needs_interpreter
 def test_gpu_check_script_runs_as_its_cpu_twin(capsys):
     """The GPU check script itself, on the CPU under the interpreter: every case passes."""
-    from benchmark.kernels import gpu_check
+    from scripts import gpu_check
 
     status = gpu_check.main(["--device", "cpu", "--tokens", "8", "--cases", "128-full-signs", "1152-none",
                              "--dtypes", "fp32", "bf16", "--bits", "4", "None", "--paths", "split3"])
@@ -427,7 +436,7 @@ def test_gpu_perf_script_runs_as_its_cpu_twin(capsys):
     transform with the torch and fused paths' ratios to full precision."""
     pytest.importorskip("diffusers")
     pytest.importorskip("tabulate")
-    from benchmark.kernels import gpu_perf
+    from scripts import gpu_perf
 
     assert gpu_perf.main(["--device", "cpu", "--tokens", "16", "--latent", "8", "--layers", "1",
                           "--text-tokens", "4", "--iters", "1", "--no-compile"]) == 0
@@ -441,7 +450,7 @@ def test_compare_outputs_measures_a_flip_in_true_grid_steps():
     """A zero-point row that does not reach 0 spans fewer steps than the grid: a one-step flip
     there is one step given the grid's own step, but 1.5 steps (levels / (levels - 1) at 2
     bits) by the reference's range alone, on which the GPU check once failed."""
-    from benchmark.quant import grid_step
+    from benchmark.quant.grid import grid_step
 
     x = torch.tensor([[1.2, 1.49, 3.0]])  # the grid holds 0: [0, 3], step 1
     ref = fake_quantize(x, 2)
@@ -457,7 +466,7 @@ def test_compare_outputs_measures_a_flip_in_true_grid_steps():
 def test_occupancy_of_a_kernel_from_its_resources():
     """compile_check's programs per multiprocessor: the least of what shared memory, registers
     and warp slots allow (sm_90: the 4608-wide kernel fits once, by either resource)."""
-    from benchmark.kernels.compile_check import programs_per_sm
+    from scripts.compile_check import programs_per_sm
 
     assert programs_per_sm(90, 180224, 255, 8) == 1      # shared memory and registers: one each
     assert programs_per_sm(90, 1024, 255, 8) == 1        # registers alone: 8 warps x 8,192
@@ -471,9 +480,9 @@ def test_occupancy_of_a_kernel_from_its_resources():
 def test_the_exactness_check_runs_the_runs_kernel(monkeypatch):
     """The fp check of a cell runs the online part on the kernel the cell runs (it took "auto",
     the fused kernel on a GPU, even under --kernel torch)."""
-    import benchmark.kernels as kernels
+    import benchmark.quant.kernels as kernels
     from benchmark import CalibrationStats, create_transform
-    from benchmark.exactness import exactness_error
+    from benchmark.transform.exactness import exactness_error
 
     calls = []
     fused = kernels.fused_transform_quantize

@@ -124,7 +124,7 @@ def _direct_clip_score(model, preprocess, tokenizer, images, captions):
         text_emb = model.encode_text(tokenizer(captions))
     image_emb = image_emb / image_emb.norm(dim=-1, keepdim=True)
     text_emb = text_emb / text_emb.norm(dim=-1, keepdim=True)
-    return [100 * max((i * t).sum().item(), 0.0) for i, t in zip(image_emb, text_emb)]
+    return [100 * max((i * t).sum().item(), 0.0) for i, t in zip(image_emb, text_emb, strict=False)]
 
 
 def test_clip_score_equals_a_direct_computation_from_the_embeddings(tiny_open_clip):

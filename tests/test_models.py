@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.calibration import calibrate
+from benchmark.families.examples import save_tiny_pixart
 from benchmark.models import ROLES, load_model
 from benchmark.models.base import TargetGroup, _SharedCall
 from benchmark.models.embedded import EMBEDDED_DIR
-from benchmark.models.tiny import save_tiny_pixart
-from benchmark.registry import BASELINES
+from benchmark.run.calibration import calibrate
+from benchmark.transform.registry import BASELINES
 
 CAPTIONS = ["a red cat sitting on the table", "two dogs in a field"]
 SEEDS = [11, 12]
@@ -36,7 +36,7 @@ def tiny(tiny_folder):
 @pytest.fixture(scope="module")
 def embedded():
     if not (EMBEDDED_DIR / "embedded.json").is_file():
-        pytest.fail("the embedded model is missing: python -m benchmark.models.embedded.train")
+        pytest.fail("the embedded model is missing: python -m scripts.train_embedded")
     return load_model("embedded")
 
 
@@ -158,6 +158,7 @@ def test_every_transform_at_fp_leaves_latents_unchanged_tiny(tiny):
     _fp_unchanged(tiny, CAPTIONS, SEEDS, stats)
 
 
+@pytest.mark.slow  # end to end
 def test_every_transform_at_fp_leaves_latents_unchanged_embedded(embedded):
     captions = ["a red circle in the top left on a black background", "three blue squares on a gray background"]
     stats, _ = calibrate(embedded, captions, steps=4, cache_dir=None)

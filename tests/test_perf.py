@@ -4,11 +4,11 @@ calibration sample, and the microbench roofline / memory helpers."""
 import pytest
 import torch
 
-from benchmark.calibration import DEFAULT_SAMPLE_TOKENS, calibrate, caption_seeds, collect_stats
-from benchmark.config import load_config
+from benchmark.families.examples import save_tiny_pixart
 from benchmark.models import load_model
-from benchmark.models.tiny import save_tiny_pixart
-from benchmark.quant import Precision
+from benchmark.quant.grid import Precision
+from benchmark.run.calibration import DEFAULT_SAMPLE_TOKENS, calibrate, caption_seeds, collect_stats
+from benchmark.run.config import load_config
 
 CAPTIONS = ["a red cube on a table", "a dog in the snow", "two birds on a wire"]
 
@@ -33,7 +33,7 @@ def test_grid_and_sample_size_are_configuration():
 def test_weights_follow_the_grid():
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 8)
-    from benchmark.transform import TransformedLinear
+    from benchmark.transform.base import TransformedLinear
 
     zp = TransformedLinear([lin], Precision(4, None), center=False, scale=None, rotation=None)
     ma = TransformedLinear([lin], Precision(4, None, grid="min_anchored"), center=False, scale=None,
@@ -53,14 +53,14 @@ def test_calibration_sample_is_bounded_and_keyed(tiny, tmp_path):
 
 
 def test_pixart_sized_sample_is_well_under_a_gigabyte():
-    from benchmark.microbench import pixart_sample_bytes
+    from benchmark.reports.microbench import pixart_sample_bytes
 
     assert pixart_sample_bytes(DEFAULT_SAMPLE_TOKENS) < 0.75e9
     assert pixart_sample_bytes(4096) > 5e9  # the earlier default (issue 14: 5.3 GB)
 
 
 def test_roofline_table_has_every_shape():
-    from benchmark.microbench import ROOFLINE_SHAPES, roofline_table
+    from benchmark.reports.microbench import ROOFLINE_SHAPES, roofline_table
 
     table = roofline_table(("torch",), repeats=1)
     assert all(label in table for label, *_ in ROOFLINE_SHAPES)

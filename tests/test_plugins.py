@@ -5,24 +5,19 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.registry as registry
 from benchmark import create_transform, load_plugin_file, quantize_linear, transforms
 from benchmark.cli import main
-from benchmark.validate import validate_transform
+from benchmark.transform.registry import BASELINES, parameter_defaults
+from benchmark.transform.validate import validate_transform
 
 PLUGINS = Path(__file__).parent / "plugins"
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_entries", None)
-
-
 def test_baselines_are_entry_points():
     entries = transforms()
-    for name in registry.BASELINES:
+    for name in BASELINES:
         assert entries[name].source == "built-in"
-        assert entries[name].factory.__module__ == f"baselines.{name}"
+        assert entries[name].value.__module__ == f"baselines.{name}"
 
 
 def test_file_plugin_replaces_the_whole_linear():
@@ -70,7 +65,7 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
             return AffineTransform(name="rotate_only", rotation="full", random_signs=True, seed=seed)
     """, "rotate_only = thirdparty_rotate:rotate_only")
     entry = transforms()["rotate_only"]
-    assert entry.source == "entry point (thirdparty)" and entry.defaults == {"seed": 3}
+    assert entry.source == "entry point (thirdparty)" and parameter_defaults(entry) == {"seed": 3}
     assert all(check.passed for check in validate_transform("rotate_only"))
 
 
@@ -91,7 +86,7 @@ def test_validate_rejects_a_transform_that_is_not_exact():
     assert checks["deterministic"].passed
 
 
-@pytest.mark.parametrize("name", registry.BASELINES)
+@pytest.mark.parametrize("name", BASELINES)
 def test_validate_accepts_the_baselines(name):
     assert all(check.passed for check in validate_transform(name))
 
@@ -99,7 +94,7 @@ def test_validate_accepts_the_baselines(name):
 def test_cli(capsys):
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in registry.BASELINES) and "built-in" in out
+    assert all(name in out for name in BASELINES) and "built-in" in out
     assert main(["validate", str(PLUGINS / "inexact.py")]) == 1
     assert "FAIL  exact at fp" in capsys.readouterr().out
     assert main(["validate", str(PLUGINS / "lowrank.py")]) == 0
@@ -108,7 +103,7 @@ def test_cli(capsys):
     assert main(["validate", "hadanorm", "--param", "alpha=0.3"]) == 0
 
 
-# -- exactness, shapes and NaN (benchmark/exactness.py, shared by validate and run) --------
+# -- exactness, shapes and NaN (benchmark/transform/exactness.py, shared by validate and run) --------
 
 def test_validate_reports_nan_as_non_finite_not_as_nondeterminism():
     load_plugin_file(PLUGINS / "failing.py")
@@ -119,7 +114,7 @@ def test_validate_reports_nan_as_non_finite_not_as_nondeterminism():
 
 
 def test_wrong_output_width_names_the_group_and_both_shapes():
-    from benchmark.exactness import exactness_error
+    from benchmark.transform.exactness import exactness_error
 
     load_plugin_file(PLUGINS / "wrong_width.py")
     layers = [nn.Linear(16, 8), nn.Linear(16, 4)]
@@ -173,10 +168,10 @@ def test_untyped_factories_are_checked_against_their_defaults(tmp_path):
         create_transform("untyped", seed="x")
 
 
-@pytest.mark.parametrize("name", registry.BASELINES)
+@pytest.mark.parametrize("name", BASELINES)
 def test_baselines_accept_their_own_defaults(name):
     entry = transforms()[name]
-    assert create_transform(name, **entry.defaults).config() == create_transform(name).config()
+    assert create_transform(name, **parameter_defaults(entry)).config() == create_transform(name).config()
 
 
 @pytest.mark.parametrize("param", ["alpha=2", "bogus=1", "alpha=abc", "block_size=64"])
@@ -191,12 +186,12 @@ def test_validate_bad_param_exits_2_with_one_line(capsys, param):
 
 def test_ls_lists_a_plugin_file_with_its_source(capsys):
     assert main(["ls", "--plugin", str(PLUGINS / "lowrank.py")]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| lowrank"))
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("| lowrank"))
     assert f"file {PLUGINS / 'lowrank.py'}" in line and "rank=8" in line
 
 
 def test_microbench_times_a_plugin(capsys, monkeypatch):
-    import benchmark.microbench as microbench
+    import benchmark.reports.microbench as microbench
 
     monkeypatch.setattr(microbench, "SHAPES", [(64, 32)])  # the real ones take minutes here
     assert main(["microbench", "--plugin", str(PLUGINS / "lowrank.py"), "--transforms", "none,lowrank",
@@ -216,7 +211,7 @@ def test_lowrank_example_handles_bias_free_linears_and_the_weight_grid():
     x = torch.randn(2, 8, 64)
     with torch.no_grad():
         exact = quantize_linear(linears, "lowrank", "fp", rank=4)(x)
-        assert all(torch.allclose(o, lin(x), atol=1e-5) for o, lin in zip(exact, linears))
+        assert all(torch.allclose(o, lin(x), atol=1e-5) for o, lin in zip(exact, linears, strict=False))
         alone = quantize_linear(nn.Linear(64, 32, bias=False), "lowrank", "fp", rank=4)
         assert alone.group.bias is None
         precision = Precision(4, 4, weight_block=16, weight_symmetric=True)
@@ -230,7 +225,7 @@ def test_lowrank_example_handles_bias_free_linears_and_the_weight_grid():
 
 def test_the_runs_check_is_bounded_and_nan_is_the_worst_error():
     from benchmark import CalibrationStats
-    from benchmark.exactness import CHECK_TOKENS, calibration_tokens, summarize
+    from benchmark.transform.exactness import CHECK_TOKENS, calibration_tokens, summarize
 
     stats = CalibrationStats.from_activations(torch.randn(10, 100, 8))
     assert calibration_tokens(stats).shape == (CHECK_TOKENS // 100, 100, 8)

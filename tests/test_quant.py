@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from benchmark.quant import GRIDS, Precision, quantize_activation, quantize_weight
+from benchmark.quant.grid import GRIDS, Precision, quantize_activation, quantize_weight
 
 
 @pytest.mark.parametrize("name, w, a", [("w4a4", 4, 4), ("w6a6", 6, 6), ("W8A8", 8, 8),

@@ -3,11 +3,13 @@ import math
 
 import pytest
 
-from benchmark.check import DEFAULT_TOLERANCE, compare, write_baseline
 from benchmark.cli import main
-from benchmark.config import RunConfig, load_config, parse_transforms
-from benchmark.leaderboard import render
-from benchmark.results import SCHEMA, read_results, write_json
+from benchmark.fileio import write_json
+from benchmark.metrics.registry import default_tolerance
+from benchmark.reports.check import compare, write_baseline
+from benchmark.reports.leaderboard import render
+from benchmark.results.schema import SCHEMA, read_results
+from benchmark.run.config import RunConfig, load_config, parse_transforms
 
 
 def test_transform_specs():
@@ -49,7 +51,7 @@ def test_bad_config(tmp_path, text, message):
 def results_doc(sqnr=(1.0, 2.0), status="ok", config=None):
     config = config or RunConfig(precisions=["w4a4"], transforms=parse_transforms("none,hadanorm")).validate()
     cells = {}
-    for label, value in zip(("none", "hadanorm"), sqnr):
+    for label, value in zip(("none", "hadanorm"), sqnr, strict=False):
         cells[f"w4a4/{label}"] = {"precision": "w4a4", "transform": label, "label": label, "params": {},
                                   "status": status if label == "hadanorm" else "ok", "reason": None,
                                   "metrics": {"sqnr_db": {"value": value}, "clip_score": {"value": None},
@@ -87,7 +89,7 @@ def test_read_results_errors(tmp_path):
 def test_check_passes_on_identical_and_fails_on_worse(tmp_path, capsys):
     write_json(tmp_path / "run.json", results_doc())
     write_baseline(str(tmp_path / "run.json"), str(tmp_path / "baseline.json"))
-    assert read_results(tmp_path / "baseline.json")["tolerance"] == DEFAULT_TOLERANCE
+    assert read_results(tmp_path / "baseline.json")["tolerance"] == default_tolerance()
     assert main(["check", str(tmp_path / "run.json"), "--baseline", str(tmp_path / "baseline.json")]) == 0
     assert "no regression" in capsys.readouterr().out
 
@@ -96,7 +98,7 @@ def test_check_passes_on_identical_and_fails_on_worse(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "w4a4/hadanorm sqnr_db" in out
 
-    write_json(tmp_path / "within.json", results_doc(sqnr=(1.0, 2.0 - DEFAULT_TOLERANCE["sqnr_db"] / 2)))
+    write_json(tmp_path / "within.json", results_doc(sqnr=(1.0, 2.0 - default_tolerance()["sqnr_db"] / 2)))
     assert main(["check", str(tmp_path / "within.json"), "--baseline", str(tmp_path / "baseline.json")]) == 0
 
     write_json(tmp_path / "failed.json", results_doc(status="failed"))
@@ -133,7 +135,7 @@ def test_check_names_the_hashed_keys_that_differ_never_out(tmp_path, capsys):
     other = RunConfig(precisions=["w4a4"], steps=3, out="elsewhere", kernel="torch",
                       transforms=parse_transforms("none,hadanorm")).validate()
     with pytest.raises(ValueError, match=r"hashed keys that differ: steps\)") as error:
-        compare(results_doc(config=other), {**results_doc(config=base), "tolerance": DEFAULT_TOLERANCE})
+        compare(results_doc(config=other), {**results_doc(config=base), "tolerance": default_tolerance()})
     assert "out" not in str(error.value).replace("without", "")
     # out, kernel and the transform list are not hashed: these compare
     moved = RunConfig(precisions=["w4a4"], out="elsewhere", transforms=parse_transforms("none,hadanorm")).validate()
@@ -141,7 +143,7 @@ def test_check_names_the_hashed_keys_that_differ_never_out(tmp_path, capsys):
     # a hash written under another definition, with no hashed key differing, says so
     stale = {**results_doc(config=base), "config_hash": "0" * 16}
     with pytest.raises(ValueError, match="no hashed key differs"):
-        compare(stale, {**results_doc(config=base), "tolerance": DEFAULT_TOLERANCE})
+        compare(stale, {**results_doc(config=base), "tolerance": default_tolerance()})
 
 
 def test_hash_ignores_the_transform_list_but_not_allow_inexact():
@@ -154,7 +156,7 @@ def test_hash_ignores_the_transform_list_but_not_allow_inexact():
 
 def test_check_does_not_count_baseline_rows_the_run_did_not_include(tmp_path):
     """A plugin row added to the published baseline is no regression of a run of the others."""
-    baseline = {**results_doc(), "tolerance": DEFAULT_TOLERANCE}
+    baseline = {**results_doc(), "tolerance": default_tolerance()}
     run = results_doc()
     del run["cells"]["w4a4/hadanorm"]
     run["config"]["transforms"] = [{"name": "none", "params": {}}]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.results import read_results
-from benchmark.runner import Run
+from benchmark.results.schema import read_results
+from benchmark.run.runner import Run
 
 PLUGINS = Path(__file__).parent / "plugins"
 FAST = ["--calib-size", "2", "--eval-size", "2", "--steps", "3", "--metrics", "sqnr", "--device", "cpu"]
@@ -183,7 +183,7 @@ def test_an_inexact_plugin_fails_its_cell_and_never_ranks(tmp_path, capsys):
         "transformer_blocks.0.ffn_up"]
     board = tmp_path / "README.md"
     assert main(["leaderboard", str(out), "-o", str(board)]) == 0
-    row = next(l for l in board.read_text().splitlines() if l.startswith("| inexact"))
+    row = next(line for line in board.read_text().splitlines() if line.startswith("| inexact"))
     assert "failed: NotExact" in row  # a failed row, no numbers to rank
 
     # --allow-inexact: the same transform runs, recorded and marked (another configuration)
@@ -200,6 +200,7 @@ def test_an_inexact_plugin_fails_its_cell_and_never_ranks(tmp_path, capsys):
     assert "| inexact (NOT EXACT at fp: relative error" in board.read_text()
 
 
+@pytest.mark.slow  # end to end
 def test_adding_one_transform_to_a_finished_run_reruns_nothing_else(finished, tmp_path, capsys):
     """The published leaderboard takes one more row: resume with only the new transform."""
     import shutil

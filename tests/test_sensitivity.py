@@ -1,5 +1,5 @@
 """One-sided precisions (a4, w4), role/block subsets, the affine lattice and the
-sensitivity study (benchmark/subset.py, benchmark/sensitivity.py)."""
+sensitivity study (benchmark/run/subset.py, benchmark/run/sensitivity.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.transform as transform_module
+import benchmark.transform.base as transform_module
 from benchmark import CalibrationStats, create_transform, quantize_linear
 from benchmark.cli import main
-from benchmark.config import RunConfig, load_config, parse_transforms
 from benchmark.models import ROLES, load_model
-from benchmark.results import read_results
-from benchmark.sensitivity import LATTICE, mean_ci, paired_ci, point_name
-from benchmark.subset import Subset, parse_blocks, parse_roles
+from benchmark.results.schema import read_results
+from benchmark.run.config import RunConfig, load_config, parse_transforms
+from benchmark.run.sensitivity import LATTICE, mean_ci, paired_ci, point_name
+from benchmark.run.subset import Subset, parse_blocks, parse_roles
 
 FAST = ["--calib-size", "2", "--eval-size", "2", "--steps", "2", "--metrics", "sqnr", "--device", "cpu"]
 
@@ -34,7 +34,7 @@ def test_a4_is_w4a4_with_weights_unquantized(name, monkeypatch):
     a4 = quantize_linear(linears, name, "a4", calibration=stats)(x)
     monkeypatch.setattr(transform_module, "quantize_weight", lambda w, *args, **kw: w)
     wa4 = quantize_linear(linears, name, "w4a4", calibration=stats)(x)
-    for left, right in zip(a4, wa4):
+    for left, right in zip(a4, wa4, strict=False):
         assert torch.equal(left, right)
     monkeypatch.undo()
     assert not torch.equal(quantize_linear(linears, name, "w4a4", calibration=stats)(x)[0], a4[0])
@@ -56,7 +56,7 @@ def test_affine_lattice_points_are_the_baselines():
         (parsed,) = parse_transforms(spec)
         mine = quantize_linear(linears, create_transform(parsed.name, **dict(parsed.params)), "w4a4", stats)(x)
         theirs = quantize_linear(linears, baseline, "w4a4", calibration=stats)(x)
-        assert all(torch.equal(a, b) for a, b in zip(mine, theirs)), spec
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=False)), spec
     names = [point_name(s) for s in parse_transforms(LATTICE)]
     assert names == ["none", "C", "S", "R", "C+S", "C+R", "S+R", "C+S+R", "R±", "C+R±", "S+R±", "C+S+R±"]
     with pytest.raises(ValueError, match="needs a rotation"):
@@ -154,7 +154,7 @@ def test_study_cells_tables_and_report(studied):
     assert "sensitivity_a4.png" in readme and "| self_attn_qkv |" in readme
     assert (studied / "study" / "sensitivity_a4.png").stat().st_size > 1000
     assert (studied / "study" / "blocks_a4.png").is_file()
-    from benchmark.leaderboard import render
+    from benchmark.reports.leaderboard import render
     board = render([studied / "study" / "results.json"], studied / "board.md")
     assert "[sensitivity study, run study](study/README.md)" in board and "### " not in board  # linked, not tabled
     # only the all-roles cells (a plain run's cells) keep their images

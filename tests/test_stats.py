@@ -5,16 +5,17 @@ import random
 
 import pytest
 
-from benchmark.check import compare, gate_mode
 from benchmark.cli import main
-from benchmark.compare import power_rows, rank_cells
-from benchmark.config import RunConfig, parse_transforms
-from benchmark.leaderboard import render
-from benchmark.metrics.registry import METRIC_SPECS
-from benchmark.results import SCHEMA, write_json
-from benchmark.stats import captions_needed, mean_interval, paired_test
+from benchmark.fileio import write_json
+from benchmark.metrics.registry import metric_spec
+from benchmark.reports.check import compare, gate_mode
+from benchmark.reports.leaderboard import render
+from benchmark.results.compare import power_rows, rank_cells
+from benchmark.results.schema import SCHEMA
+from benchmark.results.stats import captions_needed, mean_interval, paired_test
+from benchmark.run.config import RunConfig, parse_transforms
 
-SQNR = METRIC_SPECS["sqnr_db"]
+SQNR = metric_spec("sqnr_db")
 
 
 def noisy(mean, n=64, sd=3.0, seed=0):

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-from . import PerSampleScore, image_batch, logger
+from benchmark.errors import UserError
+from benchmark.metrics.base import PerSampleScore, PerSampleScorer, image_batch, logger
+from benchmark.metrics.registry import Metric, MetricSpec
 
 NAME = "clip_iqa"
 RN50_URL = ("https://openaipublic.azureedge.net/clip/models/"
@@ -50,14 +52,14 @@ class ClipIQA(PerSampleScore):
     def __init__(self, metric=None, *, details: dict, device="cpu", batch_size: int = 16,
                  reason: str | None = None):
         if metric is None and reason is None:
-            raise ValueError("ClipIQA needs a pyiqa metric, or the reason why there is none")
+            raise UserError("ClipIQA needs a pyiqa metric, or the reason why there is none")
         self.metric, self.details, self.reason = metric, details, reason
         self.device, self.batch_size = torch.device(device), batch_size
         self.reset()
 
     @classmethod
     def load(cls, weights: str | Path | None = None, *, device="cpu", batch_size: int = 16,
-             download: bool = False) -> "ClipIQA":
+             download: bool = False) -> ClipIQA:
         """Build pyiqa's ``clipiqa`` once per run on a local CLIP archive; "not computed" if it
         can't. ``download``: fetch OpenAI's RN50 archive to the default path when it is missing."""
         path = Path(weights) if weights is not None else default_weights()
@@ -75,7 +77,8 @@ class ClipIQA(PerSampleScore):
         else:
             details["pyiqa"] = pyiqa.__version__
             if not path.is_file():
-                reason = f"CLIP weights not found at {path} (hadabench run --download-weights, or download {RN50_URL} there)"
+                reason = (f"CLIP weights not found at {path} (hadabench run --download-weights, "
+                          f"or download {RN50_URL} there)")
             else:
                 sha = hashlib.sha256(path.read_bytes()).hexdigest()
                 details["weights_sha256"] = sha
@@ -102,3 +105,9 @@ class ClipIQA(PerSampleScore):
         return torch.cat([self.metric(images[i:i + self.batch_size].to(self.device)).reshape(-1).cpu()
                           for i in range(0, len(images), self.batch_size)])
 
+
+METRIC = Metric(
+    NAME, "CLIP-IQA with pyiqa's clipiqa (OpenAI RN50)",
+    (MetricSpec(NAME, NAME, "CLIP-IQA", "{:.3f}", True, 0.001, True),),
+    lambda config, device: PerSampleScorer(ClipIQA.load(device=device, download=config.download_weights),
+                                           with_captions=False))

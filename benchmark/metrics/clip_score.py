@@ -18,9 +18,12 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import PerSampleScore, image_batch, logger
+from benchmark.errors import UserError
+from benchmark.metrics.base import PerSampleScore, PerSampleScorer, image_batch, logger
+from benchmark.metrics.registry import Metric, MetricSpec
 
 NAME = "clip_score"
+_FETCH = "hadabench run --download-weights, or ClipScore.load(..., download=True)"
 
 
 class ClipScore(PerSampleScore):
@@ -35,7 +38,7 @@ class ClipScore(PerSampleScore):
     def __init__(self, model=None, preprocess=None, tokenizer=None, *, model_name: str, pretrained: str,
                  device: str | torch.device = "cpu", batch_size: int = 16, reason: str | None = None):
         if model is None and reason is None:
-            raise ValueError("ClipScore needs a model, or the reason why there is none")
+            raise UserError("ClipScore needs a model, or the reason why there is none")
         self.model = model.to(device).eval() if model is not None else None
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.device, self.batch_size, self.reason = torch.device(device), batch_size, reason
@@ -45,7 +48,7 @@ class ClipScore(PerSampleScore):
 
     @classmethod
     def load(cls, model_name: str = "ViT-L-14", pretrained: str = "openai", *, device="cpu",
-             batch_size: int = 16, cache_dir: str | None = None, download: bool = False) -> "ClipScore":
+             batch_size: int = 16, cache_dir: str | None = None, download: bool = False) -> ClipScore:
         """Load the backbone once per run; when it cannot be loaded, a metric that says why."""
         options = dict(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size)
         try:
@@ -80,7 +83,7 @@ class ClipScore(PerSampleScore):
             raise RuntimeError(f"{NAME} is not available: {self.reason}")
         images = image_batch(images, NAME)
         if len(captions) != len(images):
-            raise ValueError(f"{NAME}: {len(images)} images but {len(captions)} captions")
+            raise UserError(f"{NAME}: {len(images)} images but {len(captions)} captions")
         from torchvision.transforms.functional import to_pil_image
 
         out = []
@@ -107,7 +110,7 @@ def _missing_weights(open_clip, model_name: str, pretrained: str, cache_dir: str
         if isinstance(try_to_load_from_cache(repo, "open_clip_config.json", cache_dir=cache_dir), str):
             return None
         return (f"{repo} is not in the local Hugging Face cache "
-                f"(fetch it once where the hub is reachable: hadabench run --download-weights, or ClipScore.load(..., download=True))")
+                f"(fetch it once where the hub is reachable: {_FETCH})")
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -124,9 +127,16 @@ def _missing_weights(open_clip, model_name: str, pretrained: str, cache_dir: str
         if any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str) for name in candidates):
             return None
         return (f"weights {repo}/{candidates[-1]} are not in the local Hugging Face cache "
-                f"(fetch them once where the hub is reachable: hadabench run --download-weights, or ClipScore.load(..., download=True))")
+                f"(fetch them once where the hub is reachable: {_FETCH})")
     url = cfg.get("url", "")
     target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
     if os.path.isfile(target):
         return None
     return f"weights {url} are not in the local cache ({target}); fetch them once with download=True"
+
+
+METRIC = Metric(
+    NAME, "100 * max(cos(image, caption), 0) with open_clip (default ViT-L-14 / openai)",
+    (MetricSpec(NAME, NAME, "CLIP score", "{:.2f}", True, 0.01, True),),
+    lambda config, device: PerSampleScorer(ClipScore.load(config.clip_model, config.clip_pretrained, device=device,
+                                                          download=config.download_weights), with_captions=True))

@@ -1,15 +1,25 @@
-"""The one list of the numbers a cell reports: what each is called, how it is shown, which
-way is better, and how far the regression gate lets it move.
+"""The metrics, registered by name: what each ``--metrics`` name computes, how its numbers are
+shown, which way is better, and how far the regression gate lets each move.
 
-Read by scoring (which metrics a ``--metrics`` name computes), the run summary, the
-leaderboard and ``hadabench check``; a new metric is one line here.
+A metric is its module plus one registration: the module declares a ``Metric`` (its result keys
+as ``MetricSpec``s and how to build its scorer for a run), and ``METRICS`` names it here. A
+package registers more under the ``hadabench.metrics`` entry-point group, a plugin file with
+``METRICS = {"name": Metric(...)}``. Scoring, the run summary, the leaderboard, ``compare``,
+``power`` and ``check`` read every number's spec from here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["METRIC_SPECS", "MetricSpec", "leaderboard_metrics", "metric_spec"]
+from benchmark.errors import UserError
+from benchmark.metrics.base import MetricResult
+from benchmark.registry import Registry
+
+__all__ = ["METRICS", "Metric", "MetricSpec", "Scorer", "default_tolerance", "leaderboard_metrics", "metric_spec",
+           "metric_specs"]
 
 
 @dataclass(frozen=True)
@@ -31,21 +41,62 @@ class MetricSpec:
         return self.fmt.format(value)
 
 
-METRIC_SPECS: dict[str, MetricSpec] = {spec.key: spec for spec in (
-    MetricSpec("sqnr_db", "sqnr", "SQNR (dB)", "{:.2f}", True, 0.01, True),
-    MetricSpec("sqnr_pooled_db", "sqnr", "pooled SQNR (dB)", "{:.2f}", True, 0.01, False, per_sample=False),
-    MetricSpec("sqnr_image_db", "sqnr", "image SQNR (dB)", "{:.2f}", True, 0.01, False),
-    MetricSpec("clip_score", "clip_score", "CLIP score", "{:.2f}", True, 0.01, True),
-    MetricSpec("clip_iqa", "clip_iqa", "CLIP-IQA", "{:.3f}", True, 0.001, True),
-)}
+class Scorer(Protocol):
+    """One metric's models, loaded once per run and applied to the reference and each cell."""
+
+    def setup(self) -> dict:
+        """Computed or not (``status``), why not (``reason``), backbone and weights: recorded."""
+
+    def reference(self, images, captions) -> dict[str, MetricResult]:
+        """The full-precision row's values (empty when the metric compares against it)."""
+
+    def cell(self, reference, generation, captions) -> dict[str, MetricResult]:
+        """A quantized cell's values, by result key, against the full-precision ``reference``."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A ``--metrics`` name: its result keys and how to build its scorer for a run
+    (``build(config, device)``, ``config`` the run's ``RunConfig``)."""
+
+    name: str
+    description: str
+    specs: tuple[MetricSpec, ...]
+    build: Callable[[object, str], Scorer]
+
+
+def _check_metric(name: str, metric) -> None:
+    if not isinstance(metric, Metric):
+        raise UserError(f"metric {name!r} is a {type(metric).__name__}, not a benchmark.metrics.registry.Metric")
+    if metric.name != name:
+        raise UserError(f"metric {name!r} declares the name {metric.name!r}")
+
+
+METRICS = Registry("metric", "hadabench.metrics", {
+    "sqnr": "benchmark.metrics.sqnr:METRIC",
+    "clip_score": "benchmark.metrics.clip_score:METRIC",
+    "clip_iqa": "benchmark.metrics.clip_iqa:METRIC",
+}, check=_check_metric)
+
+
+def metric_specs() -> dict[str, MetricSpec]:
+    """Every registered result key's spec, in registration order."""
+    return {spec.key: spec for entry in METRICS.entries().values() if entry.value is not None
+            for spec in entry.value.specs}
 
 
 def metric_spec(key: str) -> MetricSpec:
+    specs = metric_specs()
     try:
-        return METRIC_SPECS[key]
+        return specs[key]
     except KeyError:
-        raise ValueError(f"unknown metric {key!r}: one of {', '.join(METRIC_SPECS)}") from None
+        raise UserError(f"unknown metric {key!r}: one of {', '.join(specs)}") from None
 
 
 def leaderboard_metrics() -> list[MetricSpec]:
-    return [spec for spec in METRIC_SPECS.values() if spec.leaderboard]
+    return [spec for spec in metric_specs().values() if spec.leaderboard]
+
+
+def default_tolerance() -> dict[str, float]:
+    """The gate's tolerance per result key, recorded in every run so that it can serve as a baseline."""
+    return {key: spec.tolerance for key, spec in metric_specs().items()}

@@ -18,17 +18,19 @@ import math
 
 import torch
 
-from . import MetricResult
+from benchmark.errors import UserError
+from benchmark.metrics.base import MetricResult
+from benchmark.metrics.registry import Metric, MetricSpec
 
 
 def _energies(reference: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if reference.shape != test.shape:
-        raise ValueError(f"sqnr: reference {tuple(reference.shape)} and test {tuple(test.shape)} differ in shape")
+        raise UserError(f"sqnr: reference {tuple(reference.shape)} and test {tuple(test.shape)} differ in shape")
     if reference.dim() < 1 or reference.shape[0] == 0:
-        raise ValueError(f"sqnr: needs a batch dimension with at least one sample, got {tuple(reference.shape)}")
+        raise UserError(f"sqnr: needs a batch dimension with at least one sample, got {tuple(reference.shape)}")
     for name, x in (("reference", reference), ("test", test)):
         if not torch.isfinite(x).all():
-            raise ValueError(f"sqnr: {name} contains NaN or infinite values")
+            raise UserError(f"sqnr: {name} contains NaN or infinite values")
     ref = reference.detach().reshape(reference.shape[0], -1).double()
     err = ref - test.detach().reshape(test.shape[0], -1).double()
     return ref.square().sum(1).cpu(), err.square().sum(1).cpu()
@@ -76,3 +78,37 @@ class Sqnr:
                 MetricResult("sqnr_pooled_db", pooled.item(), None, None,
                              {**details, "aggregate": "dB of summed signal over summed noise",
                               "samples": len(per_sample)}))
+
+
+class SqnrScorer:
+    """SQNR of each cell's final latents (``sqnr_db``, ``sqnr_pooled_db``) and decoded images
+    (``sqnr_image_db``) against the full-precision run's."""
+
+    def setup(self) -> dict:
+        return {"status": "computed",
+                "on": "final latents (sqnr_db, sqnr_pooled_db) and decoded images (sqnr_image_db)",
+                "aggregate": "sqnr_db: mean of per-sample dB; sqnr_pooled_db: pooled ratio"}
+
+    def reference(self, images, captions) -> dict[str, MetricResult]:
+        return {}
+
+    def cell(self, reference, generation, captions) -> dict[str, MetricResult]:
+        out = {}
+        for what, ref, test in (("latent", reference.latents, generation.latents),
+                                ("image", reference.images, generation.images)):
+            sqnr = Sqnr(what)
+            sqnr.update(ref, test)
+            mean, pooled = sqnr.result()
+            if what == "latent":
+                out["sqnr_db"], out["sqnr_pooled_db"] = mean, pooled
+            else:
+                out["sqnr_image_db"] = mean
+        return out
+
+
+METRIC = Metric(
+    "sqnr", "SQNR (dB) against the full-precision run: final latents and decoded images",
+    (MetricSpec("sqnr_db", "sqnr", "SQNR (dB)", "{:.2f}", True, 0.01, True),
+     MetricSpec("sqnr_pooled_db", "sqnr", "pooled SQNR (dB)", "{:.2f}", True, 0.01, False, per_sample=False),
+     MetricSpec("sqnr_image_db", "sqnr", "image SQNR (dB)", "{:.2f}", True, 0.01, False)),
+    lambda config, device: SqnrScorer())

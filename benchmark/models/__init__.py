@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .. import _compat  # noqa: F401  (torchvision shim before diffusers)
-from .base import ROLES, Generation, ModelAdapter, TargetGroup, find_targets
+from benchmark import _compat  # noqa: F401  (torchvision shim before diffusers)
+from benchmark.models.base import ROLES, Generation, ModelAdapter, TargetGroup, find_targets
+from benchmark.models.embedded import EmbeddedAdapter
+from benchmark.models.pipeline import PipelineAdapter
 
 __all__ = ["MODELS", "ROLES", "Generation", "ModelAdapter", "TargetGroup", "find_targets", "load_model"]
 
@@ -45,9 +47,7 @@ def load_model(name_or_path: str = "embedded", dtype: torch.dtype | str = torch.
                  "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}.get(dtype) or \
             _raise(ValueError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16"))
     if name_or_path == "embedded" or (Path(name_or_path) / "embedded.json").is_file():
-        from .embedded import EmbeddedAdapter
         return EmbeddedAdapter.load(None if name_or_path == "embedded" else name_or_path, dtype, device)
-    from .pipeline import PipelineAdapter
     return PipelineAdapter.load(name_or_path, dtype, device, cache_dir)
 
 

@@ -2,8 +2,8 @@
 
 A model adapter loads a pipeline, generates, and fingerprints its weights; subclasses
 implement ``generate`` and ``fingerprint``. Where the quantization targets are is the model
-family's declaration (``benchmark.families``), and discovering and swapping them is
-``benchmark.targets`` / ``benchmark.quantize_``: the adapter's ``targets``, ``quantize`` and
+family's declaration (``benchmark.families.builtin``), and discovering and swapping them is
+``benchmark.families.targets`` / ``benchmark.quantize_``: the adapter's ``targets``, ``quantize`` and
 ``restore`` delegate to them.
 """
 
@@ -11,22 +11,31 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from ..families import PIXART_ROLES
-from ..quant import Precision
-from ..targets import (Family, QuantizedMember, TargetGroup, discover_targets, watch_inputs,
-                       _SharedCall)  # noqa: F401  (tests reach _SharedCall here)
-from ..transform import CalibrationStats, Transform
+from benchmark.api import quantize_
+from benchmark.errors import UserError
+from benchmark.families.builtin import PIXART_ROLES
+from benchmark.families.registry import family_for
+from benchmark.families.targets import (
+    Family,
+    QuantizedMember,
+    TargetGroup,
+    _SharedCall,  # noqa: F401  (tests reach _SharedCall here)
+    discover_targets,
+    watch_inputs,
+)
+from benchmark.quant.grid import Precision
+from benchmark.transform.base import CalibrationStats, Transform
 
 __all__ = ["ROLES", "Generation", "ModelAdapter", "QuantizedMember", "TargetGroup", "find_targets"]
 
 # PixArt's roles (the embedded model's and PixArt-Sigma's), in block order; every family's
-# own roles: ``benchmark.registry.families()[name].family.roles``.
+# own roles: ``benchmark.families.registry.families()[name].value.roles``.
 ROLES = tuple(PIXART_ROLES)
 
 
@@ -44,11 +53,10 @@ class Generation:
 def find_targets(transformer: nn.Module, family: Family | None = None) -> list[TargetGroup]:
     """The target groups of a transformer of a registered family (``discover_targets``);
     refuses a transformer that no family describes."""
-    from ..registry import family_for
 
     family = family or family_for(transformer)
     if family is None:
-        raise ValueError(f"no registered model family describes {type(transformer).__name__} "
+        raise UserError(f"no registered model family describes {type(transformer).__name__} "
                          "(see 'hadabench ls')")
     return discover_targets(transformer, family)
 
@@ -66,7 +74,7 @@ class ModelAdapter(abc.ABC):
 
     def __init__(self):
         self._targets: list[TargetGroup] | None = None
-        self._quantization = None  # the active benchmark.quantize_api.Quantization
+        self._quantization = None  # the active benchmark.api.Quantization
 
     # -- targets ---------------------------------------------------------------------
     def targets(self) -> list[TargetGroup]:
@@ -102,11 +110,10 @@ class ModelAdapter(abc.ABC):
                  only: Iterable[str] | None = None, kernel: str = "auto", **params) -> dict[str, dict]:
         """Quantize the targets (all, or the group names / roles in ``only``) and install them.
 
-        ``stats`` maps group names to calibration statistics (``benchmark.calibration``).
+        ``stats`` maps group names to calibration statistics (``benchmark.run.calibration``).
         ``kernel``: the online transform's path, "auto", "torch", "triton" (fused) or "compile".
         Returns each group's ``describe()`` (precision, chosen alpha, ...) to record.
         """
-        from ..quantize_api import quantize_
 
         if self._quantization is not None:
             raise RuntimeError("the model is already quantized: call restore() first")
@@ -116,7 +123,7 @@ class ModelAdapter(abc.ABC):
             chosen = [g for g in chosen if g.name in only or g.role in only]
             if not chosen:
                 roles = dict.fromkeys(g.role for g in self.targets())
-                raise ValueError(f"no target group or role matches {sorted(only)}; roles: {', '.join(roles)}")
+                raise UserError(f"no target group or role matches {sorted(only)}; roles: {', '.join(roles)}")
         self._quantization = quantize_(self.transformer, transform, precision, calibration=stats,
                                        targets=chosen, kernel=kernel, **params)
         return self._quantization.described

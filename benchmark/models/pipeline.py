@@ -5,7 +5,7 @@ FLUX.1, Sana.
     PipelineAdapter.load("/path/to/a/saved/FluxPipeline")
 
 ``model_index.json`` names the pipeline class; the transformer's class names the family
-(``benchmark.families``), which says where the quantization targets are. Generation calls the
+(``benchmark.families.builtin``), which says where the quantization targets are. Generation calls the
 pipeline itself (the code a user with the real weights runs) with one ``torch.Generator`` per
 caption, stops at the final latents, and decodes them with the VAE.
 """
@@ -16,12 +16,14 @@ import contextlib
 import inspect
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .base import Generation, ModelAdapter
+from benchmark.errors import UserError
+from benchmark.families.registry import families, family_for
+from benchmark.models.base import Generation, ModelAdapter
 
 __all__ = ["PipelineAdapter"]
 
@@ -54,15 +56,14 @@ class PipelineAdapter(ModelAdapter):
     name = "pipeline"
 
     def __init__(self, pipe, source: str):
-        from ..registry import family_for, families
 
         super().__init__()
         transformer = getattr(pipe, "transformer", None)
         self.family = family_for(transformer) if transformer is not None else None
         if self.family is None:
-            known = ", ".join(f"{n} ({', '.join(e.family.pipelines)})" for n, e in families().items()
-                              if e.family is not None)
-            raise ValueError(f"{source} is a {type(pipe).__name__} whose transformer "
+            known = ", ".join(f"{n} ({', '.join(e.value.pipelines)})" for n, e in families().items()
+                              if e.value is not None)
+            raise UserError(f"{source} is a {type(pipe).__name__} whose transformer "
                              f"({type(transformer).__name__}) no registered family describes; "
                              f"families: {known}")
         self.pipe, self.source = pipe, source
@@ -73,7 +74,7 @@ class PipelineAdapter(ModelAdapter):
 
     @classmethod
     def load(cls, name_or_path: str, dtype: torch.dtype = torch.float32,
-             device: str | torch.device = "cpu", cache_dir: str | None = None) -> "PipelineAdapter":
+             device: str | torch.device = "cpu", cache_dir: str | None = None) -> PipelineAdapter:
         """A hub id (from the hub cache, ``cache_dir`` or the default one, when HF_HUB_OFFLINE=1)
         or a local pipeline folder."""
         from diffusers import DiffusionPipeline
@@ -81,8 +82,8 @@ class PipelineAdapter(ModelAdapter):
         try:
             with _logs_only_on_success():
                 pipe = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, cache_dir=cache_dir)
-        except (OSError, EnvironmentError) as error:
-            raise ValueError(f"cannot load a pipeline from {name_or_path!r}: {str(error).splitlines()[0]}") from error
+        except (OSError, ValueError) as error:  # no such folder or hub id, or not a pipeline there: the input
+            raise UserError(f"cannot load a pipeline from {name_or_path!r}: {str(error).splitlines()[0]}") from error
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.transformer.eval().requires_grad_(False)
@@ -96,7 +97,7 @@ class PipelineAdapter(ModelAdapter):
         folder = self._folder()
         files = sorted(p for p in folder.glob("*") if p.suffix in _WEIGHT_SUFFIXES) if folder.is_dir() else []
         if not files:
-            raise ValueError(f"cannot fingerprint {self.source}: no weight files in {folder}")
+            raise UserError(f"cannot fingerprint {self.source}: no weight files in {folder}")
         return {"model": self.source, "pipeline": type(self.pipe).__name__, "family": self.family.name,
                 "dtype": str(self.dtype),
                 "transformer_config": json.loads(json.dumps(dict(self.transformer.config), default=str)),
@@ -119,7 +120,7 @@ class PipelineAdapter(ModelAdapter):
                  resolution: int | None = None) -> Generation:
         captions, seeds = list(captions), [int(s) for s in seeds]
         if len(captions) != len(seeds):
-            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+            raise UserError(f"{len(captions)} captions but {len(seeds)} seeds")
         guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         size = resolution or self._resolution()
         latents = []

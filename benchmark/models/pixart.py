@@ -1,8 +1,8 @@
 """PixArt-Sigma and PixArt-alpha: the ``pixart`` family through ``PipelineAdapter`` (the names
 this module had before the other families came)."""
 
-from ..families import FAMILIES
-from .pipeline import PipelineAdapter as PixArtAdapter
+from benchmark.families.builtin import FAMILIES
+from benchmark.models.pipeline import PipelineAdapter as PixArtAdapter
 
 __all__ = ["PixArtAdapter", "PIPELINE_CLASSES"]
 

@@ -1,5 +1,5 @@
 """An exact plugin that is a point of the affine design space: QuaRot's randomized Hadamard
-after dynamic centering (cheap to build: ``tools/time_add_row.py`` times adding its row)."""
+after dynamic centering (cheap to build: ``scripts/time_add_row.py`` times adding its row)."""
 
 from benchmark import AffineTransform
 

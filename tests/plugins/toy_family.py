@@ -4,7 +4,7 @@ gate. ``hadabench validate tests/plugins/toy_family.py`` checks it; ``--plugin``
 import torch
 from torch import nn
 
-from benchmark.targets import Family
+from benchmark.families.targets import Family
 
 
 class ToyBlock(nn.Module):

@@ -1,5 +1,5 @@
 """The embedded default model (see MODEL_CARD.md): adapter, data set, training, speed."""
 
-from .adapter import EMBEDDED_DIR, EmbeddedAdapter
+from benchmark.models.embedded.adapter import EMBEDDED_DIR, EmbeddedAdapter
 
 __all__ = ["EMBEDDED_DIR", "EmbeddedAdapter"]

@@ -13,13 +13,14 @@ ships; its token-level hidden states (384-d) and attention mask are the cross-at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from ...results import read_json, sha256_file
-from ..base import Generation, ModelAdapter
+from benchmark.errors import UserError
+from benchmark.fileio import read_json, sha256_file
+from benchmark.models.base import Generation, ModelAdapter
 
 __all__ = ["EMBEDDED_DIR", "EmbeddedAdapter", "TextEncoder", "noise_scheduler_config",
            "transformer_config"]
@@ -83,19 +84,19 @@ class EmbeddedAdapter(ModelAdapter):
 
     @classmethod
     def load(cls, folder: str | Path | None = None, dtype: torch.dtype = torch.float32,
-             device: str | torch.device = "cpu") -> "EmbeddedAdapter":
+             device: str | torch.device = "cpu") -> EmbeddedAdapter:
         from diffusers import PixArtTransformer2DModel
 
         folder = Path(folder) if folder is not None else EMBEDDED_DIR
         meta_path = folder / "embedded.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder} is not an embedded-model folder (no embedded.json); "
-                                    "train one with python -m benchmark.models.embedded.train")
+                                    "train one with python -m scripts.train_embedded")
         # what generate() reads; a folder without them is bad input, not a hub lookup
         meta = read_json(meta_path, {"guidance_scale": float, "image_size": int, "scheduler": dict},
                          "embedded-model description")
         if not (folder / "transformer").is_dir():
-            raise ValueError(f"{folder} is not an embedded-model folder: it has no transformer/ folder")
+            raise UserError(f"{folder} is not an embedded-model folder: it has no transformer/ folder")
         transformer = PixArtTransformer2DModel.from_pretrained(folder / "transformer", dtype=dtype)
         transformer = transformer.to(device).eval().requires_grad_(False)
         return cls(transformer, TextEncoder(device, dtype), meta, folder)
@@ -114,7 +115,7 @@ class EmbeddedAdapter(ModelAdapter):
 
         captions, seeds = list(captions), [int(s) for s in seeds]
         if len(captions) != len(seeds):
-            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+            raise UserError(f"{len(captions)} captions but {len(seeds)} seeds")
         guidance = self.meta["guidance_scale"] if guidance_scale is None else float(guidance_scale)
         size = self.meta["image_size"]
         uncond, uncond_mask = self.text_encoder.encode([""])

@@ -13,6 +13,8 @@ import random
 
 import numpy as np
 
+from benchmark.errors import UserError
+
 SIZE = 32
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = {
@@ -48,7 +50,7 @@ def parse(caption: str) -> dict:
     words = caption.strip()
     head, sep, bg = words.partition(" on a ")
     if not sep or not bg.endswith(" background"):
-        raise ValueError(f"not a caption of the embedded set: {caption!r}")
+        raise UserError(f"not a caption of the embedded set: {caption!r}")
     bg = bg[: -len(" background")]
     parts = head.split(" ", 3)
     singular = {plural: shape for shape, plural in PLURALS.items()}
@@ -57,10 +59,10 @@ def parse(caption: str) -> dict:
     elif len(parts) == 4 and parts[0] == "a":
         count, color, shape, rest = 1, parts[1], parts[2], parts[3]
     else:
-        raise ValueError(f"not a caption of the embedded set: {caption!r}")
+        raise UserError(f"not a caption of the embedded set: {caption!r}")
     if color not in COLORS or shape not in SHAPES or bg not in BACKGROUNDS or (
             count == 1 and rest not in POSITIONS):
-        raise ValueError(f"not a caption of the embedded set: {caption!r}")
+        raise UserError(f"not a caption of the embedded set: {caption!r}")
     return {"count": count, "color": color, "shape": shape, "background": bg, "position": rest}
 
 
@@ -79,7 +81,7 @@ def _mask(shape: str, cx: float, cy: float, r: float, grid: tuple[np.ndarray, np
     if shape == "cross":
         w = r * 0.35
         return ((np.abs(dx) <= w) & (np.abs(dy) <= r)) | ((np.abs(dy) <= w) & (np.abs(dx) <= r))
-    raise ValueError(f"unknown shape {shape!r}")
+    raise UserError(f"unknown shape {shape!r}")
 
 
 def render(caption: str, rng: random.Random) -> np.ndarray:

@@ -1,0 +1,180 @@
+"""Files hadabench writes and reads: atomic writes, and JSON checked against a small schema
+language before it is used (every file another process or person wrote is input).
+
+Infinite floats are written as the strings "inf", "-inf" and "nan": JSON has no infinity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+__all__ = ["Each", "OptionalKey", "check", "read_json", "sha256_file", "write_atomic", "write_json"]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+
+
+def _encode(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else "-inf" if value < 0 else "nan"
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], object]) -> None:
+    """Write to a uniquely named temporary file beside ``path`` and rename it over: readers
+    see the old file or the new one, never half of one, whatever kills the process, and two
+    processes writing one path never share a temporary file. ``data``: the bytes or text, or
+    a function that writes the file at the path it is given (an image's or tensors' saver)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if callable(data):
+                data(Path(tmp))
+            else:
+                handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json(path: str | Path, document: dict) -> None:
+    write_atomic(path, json.dumps(_encode(document), indent=1, sort_keys=False) + "\n")
+
+
+# -- reading: every file another process or person wrote is checked before it is used --
+
+class OptionalKey:
+    """A key that may be absent (in a ``{key: spec}`` object spec)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class Each:
+    """An object whose values all match ``spec`` (keys: any string)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
+def _describe(spec) -> str:
+    if isinstance(spec, type):
+        return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+                dict: "an object", list: "a list", type(None): "null"}.get(spec, spec.__name__)
+    if spec is None:
+        return "null"
+    if isinstance(spec, (set, frozenset)):
+        return " or ".join(map(json.dumps, sorted(spec)))
+    if isinstance(spec, tuple):
+        return " or ".join(_describe(s) for s in spec)
+    if isinstance(spec, list):
+        return f"a list of {_describe(spec[0])}"
+    return "an object"
+
+
+def _matches(value, spec) -> bool:
+    try:
+        check(value, spec)
+        return True
+    except ValueError:
+        return False
+
+
+def check(value, spec, where: str = "") -> None:
+    """Raise a one-line ValueError naming the first place where ``value`` does not match
+    ``spec``: a type, None, a set of allowed values, a tuple of alternatives, ``[spec]`` (a
+    list), ``{key: spec}`` (an object with these keys; others are allowed), ``Each(spec)``."""
+    if isinstance(spec, tuple):
+        if not any(_matches(value, s) for s in spec):
+            # an object that has the right shape but a wrong value inside: say where
+            for s in spec:
+                if isinstance(s, (dict, Each)) and isinstance(value, dict):
+                    check(value, s, where)
+            raise UserError(f"{where or 'the document'} is {_short(value)}, not {_describe(spec)}")
+        return
+    if isinstance(spec, (dict, Each)):
+        if not isinstance(value, dict):
+            raise UserError(f"{where or 'the document'} is {_short(value)}, not an object")
+        items = ((k, s) for k, s in spec.items()) if isinstance(spec, dict) else \
+            ((k, OptionalKey(spec.spec)) for k in value)
+        for key, sub in items:
+            place = (f"{where}.{key}" if where else key) if isinstance(spec, dict) else f"{where}[{_short(key)}]"
+            if key not in value:
+                if not isinstance(sub, OptionalKey):
+                    raise UserError(f"{place} is missing")
+                continue
+            check(value[key], sub.spec if isinstance(sub, OptionalKey) else sub, place)
+        return
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise UserError(f"{where} is {_short(value)}, not {_describe(spec)}")
+        for index, item in enumerate(value):
+            check(item, spec[0], f"{where}[{index}]")
+        return
+    if isinstance(spec, (set, frozenset)):
+        ok = isinstance(value, str) and value in spec
+    elif spec is None or spec is type(None):
+        ok = value is None
+    elif spec is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif spec is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, spec)
+    if not ok:
+        raise UserError(f"{where} is {_short(value)}, not {_describe(spec)}")
+
+
+def _short(value) -> str:
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_json(path: str | Path, spec, what: str) -> dict:
+    """A JSON file checked against ``spec``; anything wrong with it is one ValueError line."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise UserError(f"{path}: not a {what} (invalid JSON: {error})") from None
+    try:
+        check(document, spec)
+    except ValueError as error:
+        raise UserError(f"{path}: not a valid {what}: {error}") from None
+    return document
