@@ -106,10 +106,11 @@ def load_captions(source: str, path: str | Path | None = None) -> CaptionSet:
 
 
 def datasets_dir() -> Path:
-    """The repo's ``datasets/`` folder: next to the ``benchmark`` package directory."""
-    folder = Path(__file__).resolve().parent.parent / "datasets"
+    """The caption files shipped with the package (``benchmark/data/``, package data of the
+    wheel too): one folder per embedded caption set. Results name the set ``datasets/<name>``."""
+    folder = Path(__file__).resolve().parent / "data"
     if not folder.is_dir():
-        raise UserError(f"{folder}: datasets folder not found (embedded captions live in the repo checkout)")
+        raise UserError(f"{folder}: the package's caption data folder is missing (a broken install?)")
     return folder
 
 

@@ -6,22 +6,23 @@ Infinite floats are written as the strings "inf", "-inf" and "nan": JSON has no 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from benchmark.errors import UserError
 
-__all__ = ["Each", "OptionalKey", "check", "read_json", "sha256_file", "write_atomic", "write_json"]
+__all__ = ["Each", "OptionalKey", "check", "check_output_path", "read_json", "sha256_file", "write_atomic",
+           "write_json"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
 
 
 def _encode(value):
@@ -34,15 +35,37 @@ def _encode(value):
     return value
 
 
+def _shown(path) -> str:
+    """A path for a one-line message: as written, or quoted when it holds a control character."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _cannot_write(path: Path, error: OSError) -> UserError:
+    why = {errno.ENAMETOOLONG: "a name in it is too long", errno.ENOSPC: "no space left on the device",
+           errno.EISDIR: "it is a folder", errno.ENOTDIR: "a file is in the way of its folder",
+           errno.EEXIST: "a file is in the way of its folder"}.get(error.errno)
+    why = why or " ".join(str(error.strerror or error).split())
+    return UserError(f"cannot write {_shown(path)}: {why}")
+
+
 def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], object]) -> None:
     """Write to a uniquely named temporary file beside ``path`` and rename it over: readers
     see the old file or the new one, never half of one, whatever kills the process, and two
     processes writing one path never share a temporary file. ``data``: the bytes or text, or
-    a function that writes the file at the path it is given (an image's or tensors' saver)."""
+    a function that writes the file at the path it is given (an image's or tensors' saver).
+
+    An ``OSError`` (a name too long, a full disk, no permission, a folder in the way) is a
+    one-line ``UserError`` naming ``path``; the old file is left as it was and the temporary
+    file is always removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        # the temporary name is short: a target name near the 255-byte limit must still work
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             if callable(data):
                 data(Path(tmp))
@@ -52,9 +75,61 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], object])
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as error:
+        raise _cannot_write(path, error) from error
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+
+
+def _probe(path: Path, test: str) -> bool:
+    """``path.exists()``, ``is_dir()``, ``is_file()``: False, not an OSError, for a name too long."""
+    try:
+        return getattr(path, test)()
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_path(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse (``UserError``, one line) an output that is a folder or that would destroy an
+    input: ``output`` resolved (links followed) is one of ``inputs``, or an existing file (or the
+    results.json) inside an input run folder: an input folder holding results.json, the folder of
+    an input file, or the run folders one level inside an input folder (a folder of runs, as
+    ``hadabench leaderboard`` reads it). A new file beside the inputs is fine."""
+    try:
+        target = Path(output).resolve()
+    except (OSError, RuntimeError, ValueError) as error:  # a loop of links, a NUL byte
+        raise UserError(f"cannot write {_shown(output)}: {error}") from None
+    try:
+        target.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a new file; a file in the way of its folder is the writer's to say
+    except OSError as error:  # a name too long, no permission to look
+        raise _cannot_write(Path(output), error) from None
+    if _probe(target, "is_dir"):
+        raise UserError(f"{_shown(output)} is a folder: give the file to write")
+    for given in inputs:
+        try:
+            source = Path(given).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue  # reading it will say what is wrong with it
+        if target == source:
+            raise UserError(f"{_shown(output)} is an input: writing it would destroy it")
+        if _probe(source, "is_file"):
+            folders = [source.parent]
+        elif _probe(source / "results.json", "exists"):
+            folders = [source]
+        else:
+            try:
+                folders = [p.parent for p in source.glob("*/results.json")]
+            except (OSError, ValueError):
+                folders = []
+        for folder in folders:
+            if target.is_relative_to(folder) and (_probe(target, "exists") or target.name == "results.json"):
+                raise UserError(f"{_shown(output)} is in the input run folder {_shown(folder)}: "
+                                "writing it would destroy the run's files")
 
 
 def sha256_file(path: str | Path) -> str:

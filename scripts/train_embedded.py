@@ -4,7 +4,7 @@
 
 Fixed seed, fixed number of steps, 2 CPU threads: rerunning gives the same weights up to the
 nondeterminism of the CPU kernels. Writes the model folder (see ``adapter.py``) with the
-training record in embedded.json, and the caption files datasets/embedded/*.txt.
+training record in embedded.json, and the caption files benchmark/data/embedded/*.txt.
 """
 
 from __future__ import annotations

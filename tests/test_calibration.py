@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import logging
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def test_cache_miss_hit_and_stale(tiny, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate tensors", "garbage json", "delete tensors",
                                     "edit payload", "flip a byte", "json holds []", "tokens not numbers"])
-def test_corrupt_cache_is_rebuilt(tiny, tmp_path, damage):
+def test_corrupt_cache_is_rebuilt(tiny, tmp_path, damage, caplog):
     stats, info = calibrate(tiny, CAPTIONS, steps=STEPS, cache_dir=tmp_path)
     tensors, meta = info.path.with_suffix(".safetensors"), info.path.with_suffix(".json")
     if damage == "truncate tensors":
@@ -107,8 +108,9 @@ def test_corrupt_cache_is_rebuilt(tiny, tmp_path, damage):
         raw = bytearray(tensors.read_bytes())
         raw[-5] ^= 0xFF
         tensors.write_bytes(bytes(raw))
-    with pytest.warns(UserWarning, match="rebuilding"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.calibration"):
         rebuilt, info2 = calibrate(tiny, CAPTIONS, steps=STEPS, cache_dir=tmp_path)
+    assert any("rebuilding" in r.getMessage() for r in caplog.records)
     assert info2.status.startswith("rebuilt:")
     assert torch.equal(rebuilt["transformer_blocks.1.ffn_down"].absmax, stats["transformer_blocks.1.ffn_down"].absmax)
     _, info3 = calibrate(tiny, CAPTIONS, steps=STEPS, cache_dir=tmp_path)
@@ -139,7 +141,7 @@ def test_read_captions(tmp_path):
 
 def test_shipped_caption_sets_are_disjoint():
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1] / "datasets" / "embedded"
+    root = Path(__file__).resolve().parents[1] / "benchmark" / "data" / "embedded"
     calibration, evaluation = read_captions(root / "calibration.txt"), read_captions(root / "evaluation.txt")
     assert len(calibration) == len(evaluation) == 64 and not set(calibration) & set(evaluation)
 

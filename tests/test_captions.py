@@ -250,8 +250,9 @@ def test_embedded_errors(datasets_folder):
     _one_line_error(excinfo, "evaluation.txt", "not found")
 
 
-def test_datasets_folder_is_next_to_the_package():
-    assert captions.datasets_dir() == Path(captions.__file__).resolve().parents[1] / "datasets"
+def test_the_caption_files_are_package_data():
+    assert captions.datasets_dir() == Path(captions.__file__).resolve().parent / "data"
+    assert (captions.datasets_dir() / "embedded" / "evaluation.txt").is_file()
 
 
 # --- COCO through the hub (the `datasets` library, faked: no network here) --------------

@@ -19,8 +19,8 @@ from benchmark.cli import main
 from benchmark.reports.leaderboard import render
 from benchmark.results.schema import read_results
 from benchmark.run.calibration import caption_seeds, collect_part, merge_parts
+from benchmark.run.cells import same_alphas
 from benchmark.run.distributed import share
-from benchmark.run.runner import same_alphas
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "plugins"

@@ -201,6 +201,20 @@ def test_quantized_run_through_the_cli(tiny, tmp_path):
     assert len(cell["groups"]) == len(load_model(str(folder)).targets())
 
 
+def test_roles_are_the_loaded_models_own(tiny, tmp_path, capsys):
+    # --roles is checked against the family of the model that was loaded, not PixArt's
+    variant, folder, model = tiny
+    role = model.targets()[-1].role
+    out = tmp_path / "run"
+    flags = ["run", "--model", str(folder), "--steps", "2", "--eval-size", "2", "--calib-size", "2",
+             "--metrics", "sqnr", "--precisions", "w4a4", "--transforms", "none", "--device", "cpu"]
+    assert main([*flags, "--roles", role, "--out", str(out)]) == 0
+    cell = json.loads((out / "results.json").read_text())["cells"]["w4a4/none"]
+    assert cell["status"] == "ok" and {g.split(".")[-1] for g in cell["groups"]} == {role}
+    assert main([*flags, "--roles", "no_such_role", "--out", str(tmp_path / "other")]) == 2
+    assert "this model has no 'no_such_role' targets" in capsys.readouterr().err
+
+
 def test_quantize_the_pipelines_own_transformer(tiny):
     # torchao style on the user's own pipeline: the family is found from the transformer's class
     _, _, model = tiny

@@ -192,8 +192,8 @@ def test_the_kernel_follows_the_module_to_the_inputs_device(monkeypatch):
 
     asked = []
     real = transform.resolve_kernel
-    monkeypatch.setattr(transform, "resolve_kernel", lambda kernel, device:
-                        asked.append((kernel, torch.device(device).type)) or real(kernel, device))
+    monkeypatch.setattr(transform, "resolve_kernel", lambda kernel, device, *fmt:
+                        asked.append((kernel, torch.device(device).type)) or real(kernel, device, *fmt))
     group = TransformedLinear([torch.nn.Linear(12, 4)], Precision(None, None), center=False, scale=None,
                               rotation=None)
     group.online(torch.randn(2, 3, 12), None, None)
@@ -235,6 +235,7 @@ def test_a_group_transforms_in_the_shared_workspace_until_restored():
     from benchmark import calibrate, quantize_
     from benchmark.transform.base import WORKSPACE
 
+    WORKSPACE.clear()  # an earlier test's quantize_linear (never restored) may have grown it
     model = torch.nn.Sequential(torch.nn.Linear(192, 32), torch.nn.Linear(32, 8))
     x = torch.randn(2, 7, 192)
     with torch.no_grad():

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "benchmark"
 
 # Lowest first: a module may import its own layer and the layers before it.
 LAYERS = [
-    ("_compat", "_version", "errors", "registry", "fileio"),
+    ("_compat", "_version", "errors", "registry", "fileio", "annotations", "logs"),
     ("quant",),
     ("transform",),
     ("families",),

@@ -129,11 +129,11 @@ def test_wrong_output_width_names_the_group_and_both_shapes():
 
 @pytest.mark.parametrize("name, params, message", [
     ("hadanorm", {"bogus": 1}, "has no parameter 'bogus'"),
-    ("quarot", {"seed": 1.5}, "seed=1.5 is a float, expected int"),
-    ("quarot", {"seed": True}, "seed=True is a bool, expected int"),
+    ("quarot", {"seed": 1.5}, "seed=1.5 is a float, expected an integer"),
+    ("quarot", {"seed": True}, "seed=True is a bool, expected an integer"),
     ("hadanorm", {"block_size": "<script>alert(1)</script>"}, "block_size='<script>alert(1)</script>' is a str"),
     ("hadanorm", {"alpha": "abc"}, "alpha must be a number"),
-    ("smoothquant", {"alpha": [0.5]}, "expected float or str"),
+    ("smoothquant", {"alpha": [0.5]}, "expected a number or a string"),
     ("sdcb", {"alpha": 2}, "alpha must be in"),
     # parameters that would change nothing are refused, not recorded as if they had
     ("hadanorm", {"block_size": 64}, "block_size=64 has no effect"),
@@ -164,7 +164,7 @@ def test_untyped_factories_are_checked_against_their_defaults(tmp_path):
                       "TRANSFORMS = {'untyped': untyped}\n")
     load_plugin_file(plugin)
     create_transform("untyped", seed=2, note="anything")  # a None default says nothing about the type
-    with pytest.raises(ValueError, match="seed='x' is a str, expected int"):
+    with pytest.raises(ValueError, match="seed='x' is a str, expected an integer"):
         create_transform("untyped", seed="x")
 
 
@@ -242,3 +242,19 @@ def test_the_runs_check_is_bounded_and_nan_is_the_worst_error():
 def test_centered_quarot_example_validates():
     (name,) = load_plugin_file(PLUGINS / "centered_quarot.py")
     assert all(check.passed for check in validate_transform(name, seed=3))
+
+
+def test_a_plugins_code_covers_the_helper_module_beside_it(tmp_path, monkeypatch):
+    # a plugin that imports a helper from its own folder: changing the helper changes its code
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "myhelper.py").write_text("ALPHA = 0.5\n")
+    plugin = tmp_path / "uses_helper.py"
+    plugin.write_text("from myhelper import ALPHA\nfrom benchmark import AffineTransform\n"
+                      "def mine():\n    return AffineTransform(name='mine', alpha=ALPHA)\n"
+                      "TRANSFORMS = {'mine': mine}\n")
+    load_plugin_file(plugin)
+    first = transforms()["mine"].code
+    monkeypatch.delitem(__import__("sys").modules, "myhelper")
+    (tmp_path / "myhelper.py").write_text("ALPHA = 0.25\n")
+    load_plugin_file(plugin)
+    assert transforms()["mine"].code != first

@@ -67,6 +67,17 @@ def test_run_flags_exist():
     assert accepted <= documented, "undocumented: " + str(sorted(accepted - documented))
 
 
+def test_generated_doc_sections_are_current():
+    """The option table is RunConfig's (benchmark.run.config.options_table), never typed by hand."""
+    from scripts.sync_docs import SECTIONS, replace_section
+
+    for path, sections in SECTIONS.items():
+        text = path.read_text()
+        for name, generate in sections.items():
+            assert replace_section(text, name, generate()) == text, \
+                f"{path.name}: the {name} section is stale: python -m scripts.sync_docs"
+
+
 def _relative_links(page: Path) -> list[str]:
     text = FENCE.sub("", page.read_text())      # code blocks hold no links
     text = re.sub(r"`[^`\n]*`", "``", text)     # nor does inline code (its link text may)

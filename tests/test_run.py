@@ -36,6 +36,9 @@ def test_results_file(finished):
     assert results["config"]["steps"] == 3 and len(results["config_hash"]) == 16
     assert results["environment"]["torch"] and results["environment"]["device"] == "cpu"
     assert results["calibration"]["cache"] in ("hit", "miss")
+    hadanorm = results["cells"]["w4a4/hadanorm"]
+    assert hadanorm["params"] == {} and hadanorm["transform_config"]["alpha"] == 0.5  # its defaults, recorded
+    assert hadanorm["transform_config"]["center"] is True
     for key, cell in results["cells"].items():
         assert cell["status"] == "ok", key
         assert cell["kernel"] == ["torch"]
@@ -56,29 +59,31 @@ def test_leaderboard_and_check_on_a_run(finished, tmp_path, capsys):
     text = board.read_text()
     assert "## embedded" in text and "### w4a4 · run" in text and "| hadanorm" in text
     assert "grid_w4a4.png" in text and "clip\\_score" in text  # not computed, with the reason (escaped)
-    assert main(["check", str(finished), "--baseline", str(finished / "results.json")]) == 0
-    assert "no regression" in capsys.readouterr().out
+    assert "too few captions for a claim: 2 &lt; 10" in text  # 2 captions: said out loud
+    # native numerics: the paired gate, which 2 captions cannot feed (smallest one-sided p 1/4)
+    assert main(["check", str(finished), "--baseline", str(finished / "results.json")]) == 2
+    assert "cannot flag anything: with 2 captions" in capsys.readouterr().err
 
 
 def test_resume_after_a_crash(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = Run._cell
+    original = Run.record_cell
     calls = []
 
-    def crash_on_second_cell(self, *args):
-        calls.append(args[2])
+    def crash_on_second_cell(self, job, *args):
+        calls.append(job)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed while the second cell runs
-        return original(self, *args)
+        return original(self, job, *args)
 
-    monkeypatch.setattr(Run, "_cell", crash_on_second_cell)
+    monkeypatch.setattr(Run, "record_cell", crash_on_second_cell)
     with pytest.raises(KeyboardInterrupt):
         run(out, "--precisions", "w4a4", "--transforms", "none,quarot")
     first = read_results(out)  # complete and valid: written atomically
     assert list(first["cells"]) == ["w4a4/none"]
     assert not list(out.glob(".*.tmp"))
 
-    monkeypatch.setattr(Run, "_cell", original)
+    monkeypatch.setattr(Run, "record_cell", original)
     assert run(out, "--precisions", "w4a4", "--transforms", "none,quarot") == 0
     second = read_results(out)
     assert list(second["cells"]) == ["w4a4/none", "w4a4/quarot"]
@@ -233,3 +238,20 @@ def test_adding_one_transform_to_a_finished_run_reruns_nothing_else(finished, tm
     assert again["cells"]["w4a4/signed"]["code"] != after["cells"]["w4a4/signed"]["code"]
     assert again["cells"]["w4a4/none"] == before["cells"]["w4a4/none"]
     assert "w4a4/signed: its code changed" in capsys.readouterr().err
+
+
+def test_a_second_run_restates_only_what_it_changes(tmp_path, capsys):
+    # the folder's configuration stands for the flags a second run leaves out; a subset of its
+    # precisions joins it; the summary counts this invocation's cells
+    out = tmp_path / "run"
+    assert run(out, "--precisions", "w4a4,w6a6", "--transforms", "none") == 0
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), "--transforms", "quarot", "--precisions", "w6a6"]) == 0
+    err = capsys.readouterr().err
+    assert "this run: 1 cells computed, 0 done before, 0 failed; the folder: 3 cells" in err
+    results = read_results(out)
+    assert set(results["cells"]) == {"w4a4/none", "w6a6/none", "w6a6/quarot"}
+    assert results["config"]["precisions"] == ["w4a4", "w6a6"]
+    assert [t["name"] for t in results["config"]["transforms"]] == ["none", "quarot"]
+    assert main(["run", "--out", str(out), "--precisions", "w8a8"]) == 2  # not a subset: another configuration
+    assert "holds results of another configuration" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from benchmark.annotations import parse_value
 from benchmark.errors import UserError
 from benchmark.plugins import load_plugin_file
 from benchmark.quant.numerics import restart_pinned
@@ -14,21 +15,12 @@ def parse_params(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--param takes key=value, got {pair!r}")
-        for convert in (int, float):
-            try:
-                value = convert(value)
-                break
-            except ValueError:
-                pass
-        else:
-            value = {"true": True, "false": False, "none": None}.get(value.lower(), value)
-        params[key] = value
+        params[key] = parse_value(value)
     return params
 
 
 def load_plugins(files: list[str] | None) -> list[str]:
-    """Register the transforms of each ``--plugin FILE``; returns their names."""
-
+    """Register what each ``--plugin FILE`` declares; returns the names."""
     return [name for path in files or [] for name in load_plugin_file(path)]
 
 
@@ -36,5 +28,4 @@ def pin(config, args) -> None:
     """Pinned numerics need their environment before torch loads: restart the real command with
     it (a call in-process, args.argv None, cannot restart; the run refuses then)."""
     if config.numerics == "pinned" and args.argv is not None:
-
         restart_pinned(args.argv)  # returns only when the environment is pinned already

@@ -6,8 +6,10 @@ from tabulate import tabulate
 
 from benchmark.errors import UserError
 from benchmark.metrics.registry import metric_spec
+from benchmark.reports import markdown as md
 from benchmark.results.compare import compare_runs
 from benchmark.results.schema import read_results
+from benchmark.results.stats import ALPHA, INTERVAL, describe_interval, describe_test, small_sample_note
 
 
 def difference(interval) -> str:
@@ -23,13 +25,21 @@ def command(args) -> int:
     rows = compare_runs(read_results(args.a), read_results(args.b), spec)
     if not rows:
         raise UserError(f"{args.a} and {args.b} share no cell with per-caption values of {spec.key}")
-    print(f"{spec.header}: B − A per cell, paired bootstrap over the same captions (95% interval)\n"
+    level = f"{INTERVAL['level']:.0%}"
+    exact = "exact" if all(r["exact"] for r in rows) else "Monte Carlo where above the exact limit"
+    print(f"{spec.header}: B − A per cell over the same captions: the mean difference [{describe_interval()}]\n"
+          f"p: {describe_test()}; here {exact}\n"
+          f"Holm p, verdict: Holm's correction over the {len(rows)} cells compared, at family-wise {ALPHA:g}\n"
           f"A = {args.a}\nB = {args.b}\n")
-    print(tabulate([[r["cell"], spec.fmt.format(r["a"]), spec.fmt.format(r["b"]),
-                     difference(r["difference"]),
-                     f"{r['p_value']:.3f}", "B " + r["verdict"] if r["verdict"] != "not significant" else r["verdict"]]
+    note = small_sample_note(min(r["captions"] for r in rows))
+    if note:
+        print(f"small sample: {note}\n")
+    print(tabulate([[md.cell(r["cell"]), spec.fmt.format(r["a"]), spec.fmt.format(r["b"]), difference(r["difference"]),
+                     f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}",
+                     f"B {r['verdict']} (Holm)" if r["verdict"] != "not significant" else r["verdict"]]
                     for r in rows],
-                   headers=["cell", "A", "B", "B − A [95%]", "p", "verdict"], tablefmt="github"))
+                   headers=["cell", "A", "B", f"B − A [{level}]", "p", "Holm p", "verdict"], tablefmt="github",
+                   disable_numparse=True))
     return 0
 
 

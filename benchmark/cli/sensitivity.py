@@ -9,7 +9,7 @@ from benchmark.run.sensitivity import STUDY_DEFAULTS, study
 
 
 def command(args) -> int:
-    pin(load_config(args.config, run_flags(args), defaults=STUDY_DEFAULTS), args)
+    pin(load_config(args.config, run_flags(args), defaults=STUDY_DEFAULTS, fresh=args.fresh), args)
     return study(args.config, run_flags(args), block_view=args.block_view, fresh=args.fresh,
                  report=args.report)
 

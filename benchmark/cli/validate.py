@@ -14,7 +14,6 @@ from benchmark.transform.validate import validate_transform
 
 
 def command(args) -> int:
-
     target = args.plugin
     if target.endswith(".py") or Path(target).is_file():
         names = load_plugin_file(target)

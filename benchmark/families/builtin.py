@@ -11,6 +11,11 @@ vector per sample rather than a sequence of tokens: a per-token activation grid 
 per-sample mean are meaningless there, and PixArt's equivalent (adaLN-single) sits outside
 its blocks, so the paper does not quantize it either. Embedders and the final projection are
 outside the blocks and stay in full precision in every family, as in the paper.
+
+``unet`` (Stable Diffusion 1.x / 2.x, HQ-DM's setting) is the one UNet: its targets are also
+k x k convolutions (the ResNet blocks' and the resamplers'), quantized per pixel over the
+input channels (``benchmark.transform.conv``); its block lists are nested
+(``down_blocks.*.resnets``, ``down_blocks.*.attentions.*.transformer_blocks``, ...).
 """
 
 from __future__ import annotations
@@ -27,8 +32,25 @@ _MODULATION = ("adaptive-norm modulation: reads the timestep/pooled-text embeddi
 
 
 def _example(name: str):
-
     return tiny_transformer(name)
+
+
+_TIME_EMBEDDING = ("reads the timestep embedding: one vector per sample, not pixels (a per-pixel grid "
+                   "and a per-sample mean are meaningless there), like the transformers' modulation")
+_NORMS = "normalization (GroupNorm / LayerNorm): not a linear map of the channels, nothing to quantize"
+_DEPTHWISE = ("depthwise 3x3 convolution: mixes no channels (nothing for a channel transform to fold "
+              "into) and costs 9 multiply-adds per channel and pixel")
+
+# UNet2DConditionModel (SD 1.x / 2.x). ResNet blocks: conv1 reads norm1(x) (after SiLU), conv2
+# reads norm2(h) (after SiLU), conv_shortcut (1x1, where the width changes) reads x itself.
+_RESNET_ROLES = {
+    "resnet_conv1": ("conv1",),
+    "resnet_conv2": ("conv2",),
+    "resnet_shortcut": ("conv_shortcut",),
+}
+# Transformer2DModel around the transformer blocks: proj_in (1x1 conv in SD 1.x, a linear in
+# SD 2.x) reads the group-normed pixels, proj_out the last block's output.
+_PROJ_ROLES = {"proj_in": ("proj_in",), "proj_out": ("proj_out",)}
 
 
 PIXART_ROLES = {
@@ -122,8 +144,37 @@ FAMILIES = {
             "ffn_up": ("ff.conv_inverted",),
             "ffn_down": ("ff.conv_point",),
         }},
+        exclude={"ff.conv_depth": _DEPTHWISE},
         pipelines=("SanaPipeline",),
         pipeline_kwargs={"use_resolution_binning": False, "clean_caption": False},
         example=partial(_example, "sana"),
+    ),
+    "unet": Family(
+        name="unet",
+        description="Stable Diffusion 1.x / 2.x UNet (UNet2DConditionModel): ResNet blocks' 3x3 "
+                    "convolutions and the down/up-sampling convolutions as per-pixel targets over their "
+                    "input channels, transformer blocks (self-attention, cross-attention to the text, "
+                    "GEGLU feed-forward) between proj_in and proj_out",
+        transformer=("UNet2DConditionModel",),
+        # numbered down, mid, up; within each, ResNet blocks, transformers, resamplers
+        blocks={
+            "down_blocks.*.resnets": _RESNET_ROLES,
+            "down_blocks.*.attentions": _PROJ_ROLES,
+            "down_blocks.*.attentions.*.transformer_blocks": PIXART_ROLES,
+            "down_blocks.*.downsamplers": {"downsample": ("conv",)},  # 3x3, stride 2
+            "mid_block.resnets": _RESNET_ROLES,
+            "mid_block.attentions": _PROJ_ROLES,
+            "mid_block.attentions.*.transformer_blocks": PIXART_ROLES,
+            "up_blocks.*.resnets": _RESNET_ROLES,
+            "up_blocks.*.attentions": _PROJ_ROLES,
+            "up_blocks.*.attentions.*.transformer_blocks": PIXART_ROLES,
+            "up_blocks.*.upsamplers": {"upsample": ("conv",)},  # 3x3 after nearest upsampling
+        },
+        # the shortcut exists where a ResNet block changes the width; the last down block and
+        # the last up block have no resampler
+        optional=("resnet_shortcut", "downsample", "upsample"),
+        exclude={"time_emb_proj": _TIME_EMBEDDING, "norm*": _NORMS},
+        pipelines=("StableDiffusionPipeline",),
+        example=partial(_example, "unet"),
     ),
 }

@@ -3,10 +3,12 @@
 Each has the real classes of its family (PixArt-Sigma / -alpha: ``PixArtTransformer2DModel``,
 T5, ``AutoencoderKL``; SD3: ``SD3Transformer2DModel`` with two CLIP encoders and T5; FLUX:
 ``FluxTransformer2DModel`` with CLIP and T5; Sana: ``SanaTransformer2DModel`` with Gemma-2 and
-``AutoencoderDC``) and the real tokenizer files (T5: ``spiece.model`` from a SentencePiece model
-trained here, no tokenizer.json, so loading runs the conversion the hub checkpoints need; CLIP
-and Gemma: byte-level/character BPE vocabularies written here), so loading one through
-``load_model`` runs the same code as the real checkpoints. Used by the tests, ``hadabench
+``AutoencoderDC``; SD 1.5: ``UNet2DConditionModel`` with CLIP and ``AutoencoderKL`` in a
+``StableDiffusionPipeline``, no safety checker) and the real tokenizer files (T5:
+``spiece.model`` from a SentencePiece model trained here, no tokenizer.json, so loading runs
+the conversion the hub checkpoints need; CLIP and Gemma: byte-level/character BPE
+vocabularies written here), so loading one through ``load_model`` runs the same code as the
+real checkpoints. Used by the tests, ``hadabench
 validate`` (``tiny_transformer``) and ``python -m benchmark.models.speed``.
 
     save_tiny("flux", "/tmp/tiny-flux")     # then: hadabench run --model /tmp/tiny-flux ...
@@ -134,8 +136,16 @@ TINY = {
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
         num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32,
         caption_channels=32, sample_size=16, patch_size=1)),  # Sana wants sizes divisible by 32
+    # Like SD 1.5's UNet, two levels: cross-attention down block (its ResNet, transformer, 3x3
+    # stride-2 downsampler), plain down block (a width change: 1x1 shortcut), the cross-attention
+    # mid block, plain up block (upsampler), cross-attention up block; every input width has a
+    # Hadamard matrix (32, 64, 96, 128, 256).
+    "unet": ("UNet2DConditionModel", dict(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)),
 }
-VARIANTS = ("pixart-sigma", "pixart-alpha", "sd3", "flux", "sana")
+VARIANTS = ("pixart-sigma", "pixart-alpha", "sd3", "flux", "sana", "sd15")
 
 
 def tiny_transformer(family: str, seed: int | None = 0):
@@ -177,6 +187,15 @@ def save_tiny(variant: str, folder: str | Path, seed: int = 0) -> Path:
             scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
             vae=_vae_kl(4, flow=True), text_encoder=enc1, tokenizer=tok1, text_encoder_2=enc2,
             tokenizer_2=tok2, transformer=tiny_transformer("flux", None))
+    elif variant == "sd15":
+        tokenizer, text_encoder = _clip(False)
+        # SD 1.5's own scheduler settings (PLMS, scaled-linear betas)
+        scheduler = diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=_vae_kl(4, flow=False), text_encoder=text_encoder, tokenizer=tokenizer,
+            unet=tiny_transformer("unet", None), scheduler=scheduler, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
     else:
         from diffusers import AutoencoderDC
 

@@ -3,12 +3,18 @@
 A **model family** is a declaration, like diffusers' ``_no_split_modules``: which module lists
 hold the transformer blocks, and for each *role* the linears of a block that read one input
 (so one transform of that input serves them all), plus the linears of a block that are left
-in full precision on purpose, each with its reason. A target may also be a 1x1 convolution
-(Sana's feed-forward): a linear over the channels of each pixel, quantized through a view of
-its weight, with the pixels of its (N, C, H, W) input as the tokens. ``discover_targets`` reads a module with
-a family and returns its ``TargetGroup``s; it refuses a block holding a linear that neither a
-role nor an exclusion names, so a model whose blocks differ from the declaration is never
-quantized partially. Without a family, every ``nn.Linear`` is a group of its own.
+in full precision on purpose, each with its reason. A block list may be nested (a UNet's
+``down_blocks.*.resnets``: ``*`` stands for every index of a module list). A target may also
+be a 1x1 convolution (Sana's feed-forward): a linear over the channels of each pixel, quantized
+through a view of its weight, with the pixels of its (N, C, H, W) input as the tokens; or a
+k x k convolution with ``groups=1`` (a UNet's ResNet convolutions): a group of its own, its
+``linears`` its tap linear (``benchmark.transform.conv.ConvTaps``), quantized by
+``benchmark.transform.conv.quantize_conv``; grouped and depthwise convolutions are never
+targets (a channel transform cannot fold into them). ``discover_targets`` reads a module with
+a family and returns its ``TargetGroup``s; it refuses a block holding a linear or convolution
+that neither a role nor an exclusion names, so a model whose blocks differ from the
+declaration is never quantized partially. Without a family, every ``nn.Linear`` and every
+``groups=1`` ``nn.Conv2d`` is a group of its own. ``Targets.skipped`` says what was left out and why.
 
 ``install`` puts one ``QuantizedMember`` in place of each linear of a group (all members share
 one quantized group module, run once per input) and returns what ``uninstall`` needs to put
@@ -28,9 +34,10 @@ from torch import nn
 
 from benchmark.errors import UserError
 from benchmark.transform.base import QuantizedGroup
+from benchmark.transform.conv import ConvTaps, conv_refusal
 from benchmark.transform.exactness import check_outputs
 
-__all__ = ["ChannelsFirst", "Family", "QuantizedMember", "TargetGroup", "discover_targets", "install",
+__all__ = ["ChannelsFirst", "Family", "QuantizedMember", "TargetGroup", "Targets", "discover_targets", "install",
            "is_pointwise_conv", "is_quantized", "uninstall", "watch_inputs"]
 
 
@@ -39,11 +46,18 @@ class Family:
     """A declaration of where a transformer's quantization targets are.
 
     transformer: class names of the transformer module this family describes.
-    blocks:      block list attribute (an ``nn.ModuleList`` of the transformer) -> role ->
-                 paths, inside one block, of the linears that read that role's input, in
-                 output order. Blocks are numbered across the lists in this order.
+    blocks:      block list (an ``nn.ModuleList`` of the transformer) -> role -> paths, inside
+                 one block, of the linears (or convolutions) that read that role's input, in
+                 output order. A block list is an attribute (``"transformer_blocks"``) or a
+                 dotted path in which ``*`` is every index of a module list
+                 (``"down_blocks.*.resnets"``: one list per down block; parents without the
+                 list are skipped). Lists may nest (``"down_blocks.*.attentions"`` and
+                 ``"down_blocks.*.attentions.*.transformer_blocks"``): a block's modules inside
+                 a nested block are that block's. Blocks are numbered across the lists in this
+                 order (a wildcard's lists in index order).
     exclude:     path pattern inside a block (fnmatch) -> why that linear stays full precision.
-    optional:    roles some blocks lack (e.g. the last MMDiT block has no text output).
+    optional:    roles some blocks lack (e.g. the last MMDiT block has no text output); a
+                 wildcard block list whose roles are all optional may match no list at all.
     pipelines:   diffusers pipeline classes that carry this transformer.
     pipeline_kwargs: extra arguments of the pipeline call, so that it is deterministic and
                  needs nothing from the hub (e.g. no resolution binning, no caption cleaning).
@@ -95,13 +109,28 @@ class TargetGroup:
     role: str
     block_index: int
     linears: list[tuple[str, nn.Linear]]
-    # True when the targets are 1x1 convolutions reading (N, C, H, W): ``linears`` then holds
-    # linear views of their weights, and the group sees its input as (N, H*W, C) tokens.
+    # True when the targets are convolutions reading (N, C, H, W): ``linears`` then holds
+    # linear views of their weights (1x1) or the tap linear of one k x k convolution
+    # (``ConvTaps``), and the group sees its input as (N, H*W, C) tokens.
     channels_first: bool = False
 
     @property
     def in_features(self) -> int:
         return self.linears[0][1].in_features
+
+    @property
+    def conv(self) -> bool:
+        """A k x k convolution (``linears``: its ``ConvTaps``): ``quantize_conv`` quantizes it."""
+        return any(isinstance(linear, ConvTaps) for _, linear in self.linears)
+
+
+class Targets(list):
+    """``discover_targets``' groups (a list), and ``skipped``: qualified name -> why that
+    linear or convolution is not a target (a family's exclusion, a grouped convolution)."""
+
+    def __init__(self, groups: Iterable[TargetGroup] = (), skipped: dict[str, str] | None = None):
+        super().__init__(groups)
+        self.skipped = dict(skipped or {})
 
 
 def is_pointwise_conv(module: nn.Module) -> bool:
@@ -118,21 +147,32 @@ def _linear_view(conv: nn.Conv2d) -> nn.Linear:
     return view
 
 
-def _linear(root: nn.Module, qualified: str) -> nn.Linear:
+def _linear(root: nn.Module, qualified: str) -> nn.Linear | ConvTaps:
     module = root.get_submodule(qualified)
     if is_pointwise_conv(module):
         return _linear_view(module)
+    if isinstance(module, nn.Conv2d):
+        reason = conv_refusal(module)
+        if reason is not None:
+            raise UserError(f"{qualified} cannot be a target: {reason}; exclude it with that reason")
+        return ConvTaps(module)
     if not isinstance(module, nn.Linear):
-        raise UserError(f"{qualified} is a {type(module).__name__}, not an nn.Linear or a 1x1 "
+        raise UserError(f"{qualified} is a {type(module).__name__}, not an nn.Linear or a "
                          "convolution (already quantized? restore() first)")
     return module
+
+
+def _kind(module: nn.Module) -> str:
+    return "pointwise" if is_pointwise_conv(module) else "conv" if isinstance(module, nn.Conv2d) else "linear"
 
 
 def discover_targets(module: nn.Module, family: Family | None = None,
                      filter_fn: Callable[[nn.Module, str], bool] | None = None) -> list[TargetGroup]:
     """The target groups of ``module``.
 
-    family: a ``Family``; None: every ``nn.Linear`` as a group of its own (role ``"linear"``).
+    family: a ``Family``; None: every ``nn.Linear`` (role ``"linear"``) and every ``groups=1``
+    ``nn.Conv2d`` (role ``"conv"``) as a group of its own; grouped and depthwise convolutions
+    are skipped, with the reason in ``Targets.skipped``.
     (``benchmark.families.registry.family_for`` finds the registered family of a module.)
     filter_fn: ``(linear, qualified name) -> bool``, torchao's convention; a group keeps the
     linears it accepts and is dropped when it accepts none.
@@ -140,7 +180,7 @@ def discover_targets(module: nn.Module, family: Family | None = None,
     groups = _all_linears(module) if family is None else _declared(module, family)
     if filter_fn is None:
         return groups
-    kept = []
+    kept = Targets(skipped=groups.skipped)
     for group in groups:
         linears = [(name, lin) for name, lin in group.linears if filter_fn(lin, name)]
         if linears:
@@ -148,42 +188,85 @@ def discover_targets(module: nn.Module, family: Family | None = None,
     return kept
 
 
-def _all_linears(module: nn.Module) -> list[TargetGroup]:
+def _all_linears(module: nn.Module) -> Targets:
     if is_quantized(module):
         raise UserError(f"{type(module).__name__} is already quantized: restore() first")
-    return [TargetGroup(name, "linear", -1, [(name, lin)])
-            for name, lin in module.named_modules() if isinstance(lin, nn.Linear)]
+    groups = Targets()
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            groups.append(TargetGroup(name, "linear", -1, [(name, m)]))
+        elif isinstance(m, nn.Conv2d):
+            reason = conv_refusal(m)
+            if reason is not None:
+                groups.skipped[name] = reason
+            else:
+                groups.append(TargetGroup(name, "conv", -1, [(name, _linear(module, name))], channels_first=True))
+    return groups
 
 
-def _declared(module: nn.Module, family: Family) -> list[TargetGroup]:
-    groups, index = [], 0
+def _block_lists(root: nn.Module, key: str) -> list[tuple[str, nn.ModuleList]]:
+    """The non-empty module lists that a block-list key names, with their paths (``*``: every
+    index of a module list; a parent without the next attribute is skipped)."""
+    found = [("", root)]
+    for part in key.split("."):
+        step = []
+        for path, parent in found:
+            if part == "*":
+                if isinstance(parent, nn.ModuleList):
+                    step += [(f"{path}.{i}" if path else str(i), child) for i, child in enumerate(parent)]
+            elif isinstance(getattr(parent, part, None), nn.Module):
+                step.append((f"{path}.{part}" if path else part, getattr(parent, part)))
+        found = step
+    return [(path, blocks) for path, blocks in found if isinstance(blocks, nn.ModuleList) and len(blocks)]
+
+
+def _declared(module: nn.Module, family: Family) -> Targets:
+    groups, index = Targets(), 0
+    lists = {}
     for attr, roles in family.blocks.items():
-        blocks = getattr(module, attr, None)
-        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        lists[attr] = _block_lists(module, attr)
+        if not lists[attr] and not ("*" in attr and set(roles) <= set(family.optional)):
             raise UserError(f"{type(module).__name__} has no {attr}: not a {family.name} transformer")
-        for position, block in enumerate(blocks):
-            prefix = f"{attr}.{position}"
-            present = {name for name, _ in block.named_modules()}
-            found = set()
-            for role, paths in roles.items():
-                missing = [p for p in paths if p not in present]
-                if len(missing) == len(paths) and role in family.optional:
-                    continue
-                if missing:
-                    raise UserError(f"{prefix} has no {', '.join(missing)}: not a {family.name} block")
-                linears = [(f"{prefix}.{p}", _linear(module, f"{prefix}.{p}")) for p in paths]
-                convs = [is_pointwise_conv(block.get_submodule(p)) for p in paths]
-                if len(set(convs)) > 1:
-                    raise UserError(f"{prefix}.{role} mixes linears and convolutions: they cannot share an input")
-                groups.append(TargetGroup(f"{prefix}.{role}", role, index, linears, channels_first=convs[0]))
-                found.update(paths)
-            extra = [name for name, m in block.named_modules()
-                     if (isinstance(m, (nn.Linear, QuantizedMember)) or is_pointwise_conv(m)) and name not in found
-                     and not any(fnmatch.fnmatchcase(name, pattern) for pattern in family.exclude)]
-            if extra:
-                raise UserError(f"{prefix} has linears that no role of {family.name} covers "
-                                 f"and no exclusion names: {extra}")
-            index += 1
+    prefixes = [f"{path}.{position}" for found in lists.values() for path, blocks in found
+                for position in range(len(blocks))]
+    for attr, roles in family.blocks.items():
+        for path, blocks in lists[attr]:
+            for position, block in enumerate(blocks):
+                prefix = f"{path}.{position}"
+                nested = [p[len(prefix) + 1:] for p in prefixes if p.startswith(prefix + ".")]
+                present = {name for name, _ in block.named_modules()}
+                found = set()
+                for role, paths in roles.items():
+                    missing = [p for p in paths if p not in present]
+                    if len(missing) == len(paths) and role in family.optional:
+                        continue
+                    if missing:
+                        raise UserError(f"{prefix} has no {', '.join(missing)}: not a {family.name} block")
+                    linears = [(f"{prefix}.{p}", _linear(module, f"{prefix}.{p}")) for p in paths]
+                    kinds = {_kind(block.get_submodule(p)) for p in paths}
+                    if len(kinds) > 1:
+                        raise UserError(f"{prefix}.{role} mixes linears and convolutions: they cannot share an input")
+                    if kinds == {"conv"} and len(paths) > 1:
+                        raise UserError(f"{prefix}.{role}: a k x k convolution is a group of its own, one per role")
+                    groups.append(TargetGroup(f"{prefix}.{role}", role, index, linears,
+                                              channels_first=kinds != {"linear"}))
+                    found.update(paths)
+                extra = []
+                for name, m in block.named_modules():
+                    if (not isinstance(m, (nn.Linear, nn.Conv2d, QuantizedMember)) or name in found
+                            or any(name == n or name.startswith(n + ".") for n in nested)):
+                        continue
+                    reason = next((why for pattern, why in family.exclude.items()
+                                   if fnmatch.fnmatchcase(name, pattern)), None)
+                    reason = reason or (conv_refusal(m) if isinstance(m, nn.Conv2d) else None)
+                    if reason is None:
+                        extra.append(name)
+                    else:
+                        groups.skipped[f"{prefix}.{name}"] = reason
+                if extra:
+                    raise UserError(f"{prefix} has linears that no role of {family.name} covers "
+                                     f"and no exclusion names: {extra}")
+                index += 1
     return groups
 
 
@@ -265,7 +348,7 @@ def install(root: nn.Module, groups: Iterable[TargetGroup],
     originals = {}
     for name, module in modules.items():
         group = by_name[name]
-        if group.channels_first:
+        if group.channels_first and not group.conv:  # a k x k convolution's module reads (N, C, H, W) itself
             module = ChannelsFirst(module, group)
         shared = _SharedCall(module, group)
         for index, (qualified, linear) in enumerate(group.linears):

@@ -6,15 +6,15 @@ A metric whose model cannot be loaded is reported as not computed: ``value is No
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 
 from benchmark.errors import UserError
+from benchmark.logs import get_logger
 
 __all__ = ["MetricResult", "PerSampleScore", "PerSampleScorer", "image_batch", "logger"]
 
-logger = logging.getLogger("benchmark.metrics")
+logger = get_logger("metrics")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,9 @@ METRICS = Registry("metric", "hadabench.metrics", {
     "sqnr": "benchmark.metrics.sqnr:METRIC",
     "clip_score": "benchmark.metrics.clip_score:METRIC",
     "clip_iqa": "benchmark.metrics.clip_iqa:METRIC",
+    "psnr": "benchmark.metrics.fidelity:PSNR",
+    "ssim": "benchmark.metrics.fidelity:SSIM",
+    "caption_accuracy": "benchmark.metrics.caption_accuracy:METRIC",
 }, check=_check_metric)
 
 

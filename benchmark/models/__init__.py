@@ -31,6 +31,7 @@ MODELS = {
     "black-forest-labs/FLUX.1-dev": "FLUX.1-dev (family flux)",
     "black-forest-labs/FLUX.1-schnell": "FLUX.1-schnell (family flux)",
     "Efficient-Large-Model/Sana_1600M_1024px_diffusers": "Sana 1.6B 1024 px (family sana)",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5, a convolutional UNet (family unet)",
     "PATH": "a local diffusers pipeline folder of any family ('hadabench ls'), or an "
             "embedded-model folder (embedded.json)",
 }

@@ -52,13 +52,18 @@ def _logs_only_on_success(names=("diffusers", "transformers")):
         logging.getLogger(record.name).handle(record)
 
 
+def _denoiser(pipe):
+    """The pipeline's denoising network: its transformer, or a UNet pipeline's unet (SD 1.x / 2.x)."""
+    transformer = getattr(pipe, "transformer", None)
+    return getattr(pipe, "unet", None) if transformer is None else transformer
+
+
 class PipelineAdapter(ModelAdapter):
     name = "pipeline"
 
     def __init__(self, pipe, source: str):
-
         super().__init__()
-        transformer = getattr(pipe, "transformer", None)
+        transformer = _denoiser(pipe)
         self.family = family_for(transformer) if transformer is not None else None
         if self.family is None:
             known = ", ".join(f"{n} ({', '.join(e.value.pipelines)})" for n, e in families().items()
@@ -86,11 +91,11 @@ class PipelineAdapter(ModelAdapter):
             raise UserError(f"cannot load a pipeline from {name_or_path!r}: {str(error).splitlines()[0]}") from error
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        pipe.transformer.eval().requires_grad_(False)
+        _denoiser(pipe).eval().requires_grad_(False)
         return cls(pipe, str(name_or_path))
 
     def _folder(self) -> Path:
-        return Path(self.pipe.transformer.config._name_or_path or "")
+        return Path(self.transformer.config._name_or_path or "")
 
     def fingerprint(self) -> dict:
         """Path, sizes and mtimes of the transformer's weight files (hashing GBs is too slow)."""

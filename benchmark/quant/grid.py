@@ -20,6 +20,11 @@ Two asymmetric grids (``GRIDS``), with levels = 2^b - 1:
 
 Degenerate rows: a constant row (max == min, step 0 on the min-anchored grid) is
 reproduced exactly on either grid.
+
+A ``Precision`` may also put either side in a 4-bit floating-point block format instead
+(``formats.FORMATS``: ``"mxfp4"``, ``"nvfp4"``; ``formats.quantize_fp4``): activations per
+token, dynamically, weights offline, both blocked along the input channels. Its
+``quantize_weight`` and ``quantize_activation`` methods pick the right quantizer per side.
 """
 
 from __future__ import annotations
@@ -31,62 +36,140 @@ import torch
 
 from benchmark.errors import UserError
 
-__all__ = ["GRIDS", "Precision", "fake_quantize", "grid_step", "quantize_activation", "quantize_weight"]
+from .formats import FORMATS, quantize_fp4
+
+__all__ = ["GRIDS", "NUMBER_FORMATS", "Precision", "WEIGHT_ROUNDINGS", "fake_quantize", "grid_step",
+           "quantize_activation", "quantize_weight"]
 
 MIN_BITS, MAX_BITS = 2, 8
 GRIDS = ("zero_point", "min_anchored")
 DEFAULT_GRID = "zero_point"
-# "w4a4"; "a4": activations only (weights in full precision); "w4": weights only.
-_PRECISION = re.compile(r"(?:w(\d+))?(?:a(\d+))?")
+# The number format of a quantized side: the integer grids of this module, or an FP4 block format.
+NUMBER_FORMATS = ("int", *FORMATS)
+# How weights are rounded onto their grid: to nearest, or by GPTQ (``gptq.py``; INT grids only).
+WEIGHT_ROUNDINGS = ("rtn", "gptq")
+# "w4a4"; "a4": activations only (weights in full precision); "w4": weights only; a side may
+# name an FP4 format instead of bits ("wmxfp4a8"), and "mxfp4" alone is both sides.
+_SIDE = r"(\d+|" + "|".join(FORMATS) + ")"
+_PRECISION = re.compile(rf"(?:w{_SIDE})?(?:a{_SIDE})?")
 
 
 @dataclass(frozen=True)
 class Precision:
     """Bit widths of weights and activations (``None``: full precision), and the weight
     grid: blocks of ``weight_block`` input channels, asymmetric unless ``weight_symmetric``.
-    ``grid``: the asymmetric grid of both, one of ``GRIDS``."""
+    ``grid``: the asymmetric grid of both, one of ``GRIDS``.
+
+    ``weight_format`` / ``activation_format``: ``"int"`` (the grids above) or an FP4 block
+    format (``"mxfp4"``, ``"nvfp4"``: 4 bits, blocks and scales fixed by the format, so
+    ``weight_block``, ``weight_symmetric`` and ``grid`` do not apply to that side).
+    ``weight_rounding``: ``"rtn"`` (round to nearest) or ``"gptq"`` (INT weights only; the
+    transform then needs the Hessian of its input, ``CalibrationStats.hessian``)."""
 
     weight_bits: int | None
     activation_bits: int | None
     weight_block: int = 128
     weight_symmetric: bool = False
     grid: str = DEFAULT_GRID
+    weight_format: str = "int"
+    activation_format: str = "int"
+    weight_rounding: str = "rtn"
 
     def __post_init__(self):
         if self.grid not in GRIDS:
             raise UserError(f"unknown grid {self.grid!r}: use {' or '.join(GRIDS)}")
+        for side in ("weight", "activation"):
+            fmt, bits = getattr(self, f"{side}_format"), getattr(self, f"{side}_bits")
+            if fmt not in NUMBER_FORMATS:
+                raise UserError(f"unknown {side}_format {fmt!r}: use {', '.join(map(repr, NUMBER_FORMATS))}")
+            if fmt != "int" and bits != 4:
+                raise UserError(f"{side}_format {fmt!r} is a 4-bit format: {side}_bits must be 4, got {bits!r}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise UserError(f"unknown weight_rounding {self.weight_rounding!r}: use "
+                            f"{' or '.join(map(repr, WEIGHT_ROUNDINGS))}")
+        if self.weight_rounding == "gptq":
+            if self.weight_bits is None:
+                raise UserError("weight_rounding='gptq' rounds quantized weights, and this precision keeps the "
+                                "weights in full precision")
+            if self.weight_format != "int":
+                raise UserError(f"weight_rounding='gptq' rounds onto the INT weight grids only, not onto "
+                                f"{self.weight_format} (use weight_rounding='rtn')")
 
     @classmethod
     def parse(cls, name: str | Precision) -> Precision:
         """``"fp"``, ``"w<b>a<b>"``, ``"a<b>"`` (activations only) or ``"w<b>"`` (weights only),
-        with 2 to 8 bits each, e.g. ``"w4a4"``, ``"a4"``, ``"w4"``."""
+        with 2 to 8 bits each, e.g. ``"w4a4"``, ``"a4"``, ``"w4"``; ``"mxfp4"`` or ``"nvfp4"``
+        (both sides in that FP4 block format), and a side may name a format instead of bits:
+        ``"wmxfp4"`` (weights only), ``"wmxfp4a8"`` (FP4 weights, INT8 activations)."""
         if isinstance(name, Precision):
             return name
         text = str(name).strip().lower()
         if text == "fp":
             return cls(None, None)
+        if text in FORMATS:
+            return cls(4, 4, weight_format=text, activation_format=text)
         match = _PRECISION.fullmatch(text)
         if match and (match[1] or match[2]):
-            w, a = (None if bits is None else int(bits) for bits in match.groups())
-            if all(b is None or MIN_BITS <= b <= MAX_BITS for b in (w, a)):
-                return cls(w, a)
+            bits, formats = [], []
+            for side in match.groups():
+                fmt = "int" if side is None or side.isdigit() else side
+                bits.append(None if side is None else int(side) if fmt == "int" else 4)
+                formats.append(fmt)
+            if all(f != "int" or b is None or MIN_BITS <= b <= MAX_BITS for b, f in zip(bits, formats, strict=True)):
+                return cls(*bits, weight_format=formats[0], activation_format=formats[1])
         raise UserError(
             f"unknown precision {name!r}: use 'fp', 'w<bits>a<bits>', 'a<bits>' (activations "
             f"only) or 'w<bits>' (weights only), {MIN_BITS} to {MAX_BITS} bits each (e.g. "
-            "'w4a4', 'a4', 'w4')"
+            f"'w4a4', 'a4', 'w4'), or an FP4 format, {' or '.join(map(repr, FORMATS))}, for both sides "
+            "or in place of one side's bits (e.g. 'wmxfp4a8')"
         )
+
+    def _side(self, bits: int | None, fmt: str) -> str:
+        return fmt if fmt != "int" else str(bits)
+
+    @property
+    def format(self) -> str:
+        """The number format of the quantized sides: ``"int"`` (also at full precision),
+        ``"mxfp4"`` or ``"nvfp4"``, or ``"mixed"`` when the two sides differ."""
+        used = {fmt for bits, fmt in ((self.weight_bits, self.weight_format),
+                                      (self.activation_bits, self.activation_format)) if bits is not None}
+        return "int" if not used else used.pop() if len(used) == 1 else "mixed"
 
     @property
     def name(self) -> str:
         if self.weight_bits is None and self.activation_bits is None:
             return "fp"
-        name = "".join(f"{side}{bits}" for side, bits in (("w", self.weight_bits), ("a", self.activation_bits))
-                       if bits is not None)
-        if self.weight_bits is not None and (self.weight_block != 128 or self.weight_symmetric):
+        sides = (("w", self.weight_bits, self.weight_format), ("a", self.activation_bits, self.activation_format))
+        if self.format in FORMATS and None not in (self.weight_bits, self.activation_bits):
+            name = self.format
+        else:
+            name = "".join(f"{side}{self._side(bits, fmt)}" for side, bits, fmt in sides if bits is not None)
+        int_weights = self.weight_bits is not None and self.weight_format == "int"
+        if int_weights and (self.weight_block != 128 or self.weight_symmetric):
             name += f"-g{self.weight_block}" + ("-sym" if self.weight_symmetric else "")
-        if self.grid != DEFAULT_GRID:
+        if self.grid != DEFAULT_GRID and any(bits is not None and fmt == "int" for _, bits, fmt in sides):
             name += "-" + self.grid.replace("_", "")
+        if self.weight_rounding != "rtn":
+            name += "-" + self.weight_rounding
         return name
+
+    def quantize_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """Round-to-nearest fake quantization of a ``(out, in)`` weight as this precision's
+        weight side says (unchanged at full precision)."""
+        if self.weight_bits is None:
+            return weight
+        if self.weight_format != "int":
+            return quantize_fp4(weight, self.weight_format)
+        return quantize_weight(weight, self.weight_bits, self.weight_block, self.weight_symmetric, self.grid)
+
+    def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token fake quantization of ``x`` (last dimension: channels) as this precision's
+        activation side says (unchanged at full precision)."""
+        if self.activation_bits is None:
+            return x
+        if self.activation_format != "int":
+            return quantize_fp4(x, self.activation_format)
+        return quantize_activation(x, self.activation_bits, self.grid)
 
     def __str__(self) -> str:
         return self.name

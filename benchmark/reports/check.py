@@ -9,8 +9,12 @@ The gate picks its test from how the two runs were computed:
   change far smaller than any 4-bit effect.
 - **paired**: anything else (another CPU path, a GPU): the per-caption numbers differ by
   chance (a flipped rounding can move one caption by several dB), so each metric of each cell
-  gets a one-sided paired bootstrap test over the same captions ("the run is lower"), with
-  Holm's correction over all the cells and metrics tested, at family-wise 5%.
+  gets a one-sided sign-flip test over the same captions ("the run is lower"; exact up to 32
+  captions, else Monte Carlo with ``draws_for(0.05 / tests)`` sign patterns), with Holm's
+  correction over all the cells and metrics tested, at family-wise 5%. The gate refuses to run
+  (``UserError``) when its captions are too few for any test to reach Holm's first threshold,
+  0.05 / tests: with n captions no one-sided p-value is below 1 / 2**n, so such a gate could
+  never fail.
 
 Higher is worse for no metric today; the registry (benchmark/metrics/registry.py) says which
 way each one goes.
@@ -23,14 +27,15 @@ import math
 from tabulate import tabulate
 
 from benchmark.errors import UserError
-from benchmark.fileio import write_json
+from benchmark.fileio import check_output_path, write_json
 from benchmark.metrics.registry import default_tolerance, metric_specs
+from benchmark.reports import markdown as md
 from benchmark.results.compare import cell_samples
 from benchmark.results.schema import OK, metric_value, read_results
-from benchmark.results.stats import BOOTSTRAP, paired_test
+from benchmark.results.stats import ALPHA, describe_test, holm_adjusted, min_p, sign_flip_test, small_sample_note
 from benchmark.run.config import TransformSpec, hashed_differences
 
-FAMILY_ALPHA = 0.05
+FAMILY_ALPHA = ALPHA
 
 
 def gate_mode(run: dict, baseline: dict) -> tuple[str, str]:
@@ -70,7 +75,7 @@ def compare(run: dict, baseline: dict) -> tuple[list[str], str]:
     if not baseline["cells"]:
         raise UserError("the baseline has no cells: there is nothing to compare against")
     mode, why = gate_mode(run, baseline)
-    regressions, rows, tests = [], [], []
+    regressions, rows, pending = [], [], []
     ran = {TransformSpec.from_json(t).label for t in run["config"]["transforms"]}
     for key, base_cell in baseline["cells"].items():
         cell = run["cells"].get(key)
@@ -111,23 +116,49 @@ def compare(run: dict, baseline: dict) -> tuple[list[str], str]:
             if ours is None or theirs is None or len(ours) != len(theirs):
                 rows.append([key, metric, _show(old), _show(new), change, "no per-caption values", "untested"])
                 continue
-            test = paired_test(ours, theirs)
-            lower = sign * test.difference.mean < 0
-            p_lower = test.p_value / 2 if lower else 1 - test.p_value / 2  # one-sided: the run is worse
-            tests.append((p_lower, len(rows), f"{key} {metric}: {old} -> {new}"))
-            rows.append([key, metric, _show(old), _show(new), change, f"p = {p_lower:.4f}", "ok"])
-    for rank, (p, row, text) in enumerate(sorted(tests)):  # Holm: step down while rejected
-        threshold = FAMILY_ALPHA / (len(tests) - rank)
-        if p >= threshold:
-            break
-        rows[row][6] = "REGRESSION"
-        regressions.append(f"{text} (paired bootstrap, Holm-adjusted p < {FAMILY_ALPHA})")
+            # one-sided: the run is worse ("less" on the differences oriented so that higher is better)
+            oriented = [sign * (x - y) for x, y in zip(ours, theirs, strict=True)]
+            pending.append((oriented, len(rows), f"{key} {metric}: {old} -> {new}"))
+            rows.append([key, metric, _show(old), _show(new), change, "", "ok"])
+    note = None
+    if pending:
+        regressions += _paired(pending, rows)
+        note = small_sample_note(min(len(oriented) for oriented, _, _ in pending))
     test_line = ("test: exact (drop beyond the tolerance)" if mode == "exact" else
-                 f"test: one-sided paired bootstrap over captions ({BOOTSTRAP['resamples']} resamples, "
-                 f"seed {BOOTSTRAP['seed']}), Holm's correction over {len(tests)} tests at {FAMILY_ALPHA}")
+                 f"test: {describe_test(len(pending), one_sided=True, alpha=FAMILY_ALPHA)}; "
+                 "criterion: p, Holm-adjusted p")
+    if note:
+        test_line += f"\nsmall sample: {note}"
+    # the cell names and failure reasons come from results files: escaped, the table is markdown
+    rows = [[md.cell(row[0]), row[1], row[2], md.cell(row[3]) if row[3] and row[1] == "-" else row[3], *row[4:]]
+            for row in rows]
     table = tabulate(rows, headers=["cell", "metric", "baseline", "run", "change", "criterion", ""],
-                     tablefmt="github")
+                     tablefmt="github", disable_numparse=True)
     return regressions, f"gate: {mode} ({why})\n{test_line}\n\n{table}"
+
+
+def _paired(pending: list[tuple[list[float], int, str]], rows: list[list]) -> list[str]:
+    """The paired mode's tests, Holm over all of them: (oriented differences, row, text) each;
+    fills the rows' criterion and verdict, returns the regressions. Refuses a family that no
+    test could ever reject."""
+    tests = len(pending)
+    threshold = FAMILY_ALPHA / tests  # Holm's first (smallest) threshold
+    captions = min(len(oriented) for oriented, _, _ in pending)
+    floor = min_p(captions, one_sided=True, tests=tests, alpha=FAMILY_ALPHA)
+    if floor > threshold:
+        needed = math.ceil(math.log2(tests / FAMILY_ALPHA))
+        raise UserError(f"the paired gate cannot flag anything: with {captions} captions the smallest one-sided "
+                         f"sign-flip p-value is 1/2**{captions} = {floor:.3g}, above Holm's first threshold "
+                         f"{FAMILY_ALPHA:g}/{tests} = {threshold:.3g} for its {tests} tests; score at least "
+                         f"{needed} captions, or compare two runs with pinned numerics (the exact gate)")
+    results = [sign_flip_test(oriented, "less", min_alpha=threshold).p for oriented, _, _ in pending]
+    regressions = []
+    for (_, row, text), p, q in zip(pending, results, holm_adjusted(results), strict=True):
+        rows[row][5] = f"p = {p:.3g}, Holm {q:.3g}"
+        if q <= FAMILY_ALPHA:
+            rows[row][6] = "REGRESSION"
+            regressions.append(f"{text} (one-sided sign-flip, Holm-adjusted p = {q:.3g} <= {FAMILY_ALPHA:g})")
+    return regressions
 
 
 def _show(value) -> str:
@@ -147,12 +178,14 @@ def check(run_path: str, baseline_path: str) -> int:
 
 
 def write_baseline(run_path: str, baseline_path: str, tolerance: dict | None = None) -> None:
-    """Make ``run_path`` the baseline, keeping the tolerance an existing baseline states."""
+    """Make ``run_path`` the baseline, keeping the tolerance an existing baseline states. A
+    baseline path that is a folder, or the run's own files, is refused before anything is read."""
+    check_output_path(baseline_path, [run_path])
     run = read_results(run_path)
     if tolerance is None:
         try:
             tolerance = read_results(baseline_path).get("tolerance")
-        except ValueError:
+        except (ValueError, OSError):  # none yet, not one, or a name too long to look up
             tolerance = None
     run["tolerance"] = tolerance or default_tolerance()
     write_json(baseline_path, run)

@@ -1,14 +1,17 @@
 """Markdown leaderboard from result files (``hadabench leaderboard``).
 
 One section per model, one table per run and precision. A number is the mean over the
-evaluation captions with the half-width of its 95% bootstrap interval; bold marks every
-transform not significantly worse than the best of its column (paired bootstrap over the
-same captions); "rank" counts the transforms significantly better on the first column, plus
-one. Below each table, the matrix of paired differences behind those verdicts.
+evaluation captions with the half-width of its 95% bootstrap-t interval (symmetric); bold marks
+every transform not significantly worse than the best of its column; "rank" counts the
+transforms significantly better on the first column, plus one. Both verdicts come from two-sided
+sign-flip tests over the same captions with Holm's correction over all the pairs of the table
+(benchmark/results/compare.py). Below each table, the matrix of paired differences behind
+them; a table of fewer than 10 captions says that it is too small for a claim.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from benchmark.metrics.registry import leaderboard_metrics
 from benchmark.reports import markdown as md
 from benchmark.results.compare import cell_samples, pairwise, rank_cells
 from benchmark.results.schema import OK, metric_value, read_results
-from benchmark.results.stats import BOOTSTRAP, recorded_half_width
+from benchmark.results.stats import ALPHA, describe_interval, describe_test, recorded_half_width, small_sample_note
 
 # The paper's Table 1 (W4A4) and appendix table (W6A6), PixArt-Sigma, 20 steps
 # (SQNR dB, CLIP score, CLIP-IQA).
@@ -41,7 +44,11 @@ def is_pixart_sigma(model: str) -> bool:
 
 def _with_interval(spec, value, interval) -> str:
     text = spec.show(value)
-    return f"{text} ± {spec.fmt.format(interval.half_width)}" if interval is not None else text
+    if interval is None:
+        return text
+    if not math.isfinite(interval.half_width):  # fewer than 4 captions: the bootstrap-t is unbounded
+        return f"{text} ± ∞"
+    return f"{text} ± {spec.fmt.format(interval.half_width)}"
 
 
 def _reference_row(results: dict, specs) -> list[str]:
@@ -49,7 +56,7 @@ def _reference_row(results: dict, specs) -> list[str]:
     row = ["Original (full precision)", ""]
     for spec in specs:
         entry = metrics.get(spec.key)
-        if spec.key.startswith("sqnr"):
+        if entry is None:  # a metric against the full-precision run (SQNR, PSNR, SSIM)
             row.append("–")
             continue
         value, half = metric_value(entry), recorded_half_width(entry)
@@ -67,9 +74,17 @@ def _label(cell: dict) -> str:
     return md.cell(f"{cell['label']} (NOT EXACT at fp: relative error {shown})")
 
 
+def computed_specs(results: dict, cells: list[dict]) -> list:
+    """The leaderboard metrics with a value in a cell or in the full-precision row: one column each."""
+    rows = [c.get("metrics", {}) for c in cells] + [results.get("reference", {}).get("metrics", {})]
+    return [spec for spec in leaderboard_metrics() if any(metric_value(r.get(spec.key)) is not None for r in rows)]
+
+
 def _table(results: dict, precision: str, link_base: Path) -> list[str]:
-    specs = leaderboard_metrics()
     cells = [c for c in results["cells"].values() if c.get("precision") == precision]
+    specs = computed_specs(results, cells)
+    if not specs:
+        return ["No metric was computed for this precision.", ""]
     ranked = {spec.key: rank_cells(cells, spec) for spec in specs}
     rows = [_reference_row(results, specs)]
     for index, cell in enumerate(cells):
@@ -84,15 +99,17 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
             text = _with_interval(spec, metric_value(cell["metrics"].get(spec.key)), entry.interval)
             row.append(f"**{text}**" if entry.tied_with_best else text)
         rows.append(row)
-    headers = ["transform", "rank"] + [spec.header for spec in specs]
+    headers = ["transform", "rank"] + [md.cell(spec.header) for spec in specs]  # a plugin metric's: untrusted
     paper = PAPER.get(precision, {}) if is_pixart_sigma(results["config"]["model"]) else {}
     if paper:
-        headers += [f"paper {spec.header}" for spec in specs if spec.key in _PAPER_KEYS]
-        for row, label in zip(rows, ["Original"] + [c["label"] for c in cells], strict=False):
-            numbers = (PAPER["fp"] if label == "Original" else paper).get(label, (None,) * 3)
-            row += [spec.show(v) for spec, v in zip(specs, numbers, strict=False)]
+        shown = [spec for spec in leaderboard_metrics() if spec.key in _PAPER_KEYS]
+        headers += [f"paper {md.cell(spec.header)}" for spec in shown]
+        for row, label in zip(rows, ["Original"] + [c["label"] for c in cells], strict=True):
+            numbers = dict(zip(_PAPER_KEYS, (PAPER["fp"] if label == "Original" else paper).get(label, (None,) * 3),
+                               strict=True))
+            row += [spec.show(numbers[spec.key]) for spec in shown]
     lines = [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
-    lines += _matrix(cells, specs[0])
+    lines += _matrix(cells, specs[0], ranked[specs[0].key])
     grid = results.get("grids", {}).get(precision)
     if grid:  # linked only when it is a file inside the run folder
         lines += [md.link(f"{precision} grid: one row per caption, full precision first", grid,
@@ -100,20 +117,23 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
     return lines
 
 
-def _matrix(cells: list[dict], spec) -> list[str]:
-    """Row minus column, mean paired difference; * where the paired bootstrap says significant."""
+def _matrix(cells: list[dict], spec, ranked) -> list[str]:
+    """Row minus column, mean paired difference; * where the sign-flip test is significant after
+    Holm's correction over all the pairs (the family the ranks and bold come from)."""
 
-    usable = [(c["label"], cell_samples(c, spec.key)) for c in cells]
-    usable = [(label, s) for label, s in usable if s is not None]
+    # the cells rank_cells scored (per-caption values, at least two), in the same family
+    usable = [(c["label"], cell_samples(c, spec.key)) for c, entry in zip(cells, ranked, strict=True)
+              if entry.interval is not None]
     if len(usable) < 2:
         return []
     tests = pairwise([s for _, s in usable])
     def entry(i, j):
-        return "" if i == j else f"{tests[i, j].difference.mean:+.2f}{'*' if tests[i, j].significant else ''}"
+        return "" if i == j else f"{tests[i, j].difference:+.2f}{'*' if tests[i, j].significant else ''}"
 
     rows = [[md.cell(label)] + [entry(i, j) for j in range(len(usable))] for i, (label, _) in enumerate(usable)]
-    return ["<details><summary>Paired differences, " + spec.header + " (row − column; * significant at "
-            f"p < {1 - BOOTSTRAP['level']:.2f})</summary>", "",
+    family = len(usable) * (len(usable) - 1) // 2
+    return ["<details><summary>Paired differences, " + md.text(spec.header) + " (row − column; * significant: "
+            f"{describe_test(family)})</summary>", "",
             tabulate(rows, headers=["row − column"] + [md.cell(label) for label, _ in usable], tablefmt="github",
                      disable_numparse=True),
             "", "</details>", ""]
@@ -139,7 +159,6 @@ def _run_name(path: Path, link_base: Path) -> str:
 
 
 def render(result_files: list[str | Path], output: str | Path) -> str:
-
     link_base = Path(output).resolve().parent
     runs = []
     for path in map(Path, result_files):
@@ -149,13 +168,15 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
     lines = ["# hadabench leaderboard", "",
              "One section per model, one table per run and precision; every cell of a table was "
              "generated from the same captions and seeds as its full-precision run. A number is "
-             f"the mean over the evaluation captions ± the half-width of its {BOOTSTRAP['level']:.0%} "
-             f"{BOOTSTRAP['method']} ({BOOTSTRAP['resamples']} resamples, seed {BOOTSTRAP['seed']}). "
-             "**Bold**: not significantly worse than the best of its column (paired bootstrap over "
-             "the same captions). Rank: 1 + the number of transforms significantly better in SQNR. "
+             f"the mean over the evaluation captions ± the half-width of its {describe_interval()}. "
+             "**Bold**: not significantly worse than the best of its column. Rank: 1 + the number of "
+             "transforms significantly better in SQNR. Significance: a "
+             f"{describe_test()}, with Holm's correction over all the pairs of transforms of the table "
+             f"(one family per table and column) at family-wise {ALPHA:g}. "
              "SQNR: of the final latents against the full-precision run, mean of per-sample dB. "
-             "CLIP score: 100 · max(cos(image, caption), 0). n/a: not computed (the reason is "
-             "below the table).", ""]
+             "CLIP score: 100 · max(cos(image, caption), 0). PSNR and SSIM: of the 8-bit images against "
+             "the full-precision run's. One column per metric computed; the metrics not computed are "
+             "listed under each run's tables with the reason.", ""]
     for model in dict.fromkeys(r["config"]["model"] for _, r in runs):
         lines += [f"## {md.text(model)}", ""]
         for name, results in (run for run in runs if run[1]["config"]["model"] == model):
@@ -177,11 +198,14 @@ def _run_sections(name: str, results: dict, link_base: Path) -> list[str]:
                   f"{len(captions.get('evaluation', {}).get('ids', []))} {md.text(config['captions'])} captions, "
                   f"{config['steps']} steps, seed {config['seed']}, "
                   f"numerics {md.text(numerics.get('mode', 'native'))}.", ""]
+        note = small_sample_note(len(captions.get("evaluation", {}).get("ids", [])))
+        if note:
+            lines += [f"**Small sample**: {md.text(note)}; the intervals, ranks and bold below are no claim.", ""]
         lines += _table(results, precision, link_base)
     setup = results.get("metric_setup", {})
     reasons = {name: entry.get("reason") for name, entry in setup.items() if entry.get("status") != "computed"}
-    reasons.update({name: "not requested in this run (--metrics)" for name in ("clip_score", "clip_iqa")
-                    if name not in setup})
+    reasons.update({spec.computed_by: "not requested in this run (--metrics)" for spec in leaderboard_metrics()
+                    if spec.computed_by not in setup})
     lines += [f"- **{md.text(metric)}** not computed: {md.text(reason)}" for metric, reason in reasons.items()]
     if reasons:
         lines.append("")

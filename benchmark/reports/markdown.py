@@ -1,77 +1,11 @@
-"""Markdown from strings that this program did not write itself, made inert.
-
-Results files are contributed by anyone (the README's pull-request workflow renders them),
-and transform labels, model paths and failure reasons come from the command line, so every
-such string goes through one of these before it reaches the leaderboard:
-
-    text(value)          one line for a heading, a paragraph or a table cell (``cell``): no
-                         HTML, links, emphasis, code, line breaks or table pipes
-    code(value)          an inline code span that no backtick inside can close
-    json_block(data)     a fenced JSON block that no string inside can close
-    link(label, target, folder, base, image=False)
-                         a link to ``folder/target`` only when that file is inside ``folder``;
-                         otherwise the label alone, as text
+"""Markdown from strings that this program did not write itself, made inert: the functions of
+``benchmark.results.markdown`` (``text``, ``cell``, ``code``, ``json_block``, ``link``), which
+live in the ``results`` layer so that the run's own reports (the sensitivity study's README)
+write through the very same ones as the leaderboard.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import unicodedata
-from pathlib import Path
-from urllib.parse import quote
+from benchmark.results.markdown import cell, code, json_block, link, text
 
 __all__ = ["cell", "code", "json_block", "link", "text"]
-
-# Backslash-escaped (CommonMark escapes any ASCII punctuation this way); <, > and & become
-# entities, so that no HTML tag, entity or autolink survives.
-_PUNCTUATION = set("\\`*_[]#!|~$")
-_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
-
-
-def _one_line(value) -> str:
-    """``value`` as text on one line: control, format (bidi overrides, zero-width) and
-    line-separator characters become spaces, runs of spaces one space."""
-    chars = (" " if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
-             else ch for ch in str(value))
-    return " ".join("".join(chars).split())
-
-
-def text(value) -> str:
-    out = "".join(_ENTITIES.get(ch) or ("\\" + ch if ch in _PUNCTUATION else ch) for ch in _one_line(value))
-    # what would start a list, a quote or a heading underline at the start of a line
-    return re.sub(r"^(\d+)([.)])", r"\1\\\2", re.sub(r"^([-+=])", r"\\\1", out))
-
-
-cell = text  # text() escapes the pipe too, so it is safe in a table cell
-
-
-def code(value) -> str:
-    value = _one_line(value)
-    fence = "`" * (max(map(len, re.findall("`+", value)), default=0) + 1)
-    pad = " " if value[:1] in ("`", " ") or value[-1:] in ("`", " ") else ""  # CommonMark strips it
-    return f"{fence}{pad}{value}{pad}{fence}"
-
-
-def json_block(data) -> list[str]:
-    """The lines of a fenced JSON block: ASCII only, and backticks and HTML's ``<>&`` inside
-    strings written as ``\\u0060``..., so no line can close the fence or hold a tag."""
-    body = json.dumps(data, indent=1, ensure_ascii=True, default=str)
-    for char in "`<>&":
-        body = body.replace(char, f"\\u{ord(char):04x}")
-    return ["```json", body, "```"]
-
-
-def link(label, target, folder: str | Path, base: str | Path, image: bool = False) -> str:
-    """``[label](path)`` (``![...]`` for an image) relative to ``base``, when ``folder/target``
-    is an existing file inside ``folder`` (symbolic links resolved); else ``text(label)``."""
-    folder = Path(folder).resolve()
-    try:
-        path = (folder / str(target)).resolve()
-    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL byte
-        return text(label)
-    if not path.is_relative_to(folder) or not path.is_file():
-        return text(label)
-    url = quote(os.path.relpath(path, Path(base).resolve()).replace(os.sep, "/"))
-    return f"{'!' if image else ''}[{text(label)}]({url})"

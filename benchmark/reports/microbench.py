@@ -169,7 +169,6 @@ def generation_digest(transforms=("quarot", "hadanorm"), precision: str = "w4a4"
     with its own calibration): the check that a speed change left the numerics alone."""
     import hashlib
 
-
     model = load_model("embedded")
     texts = read_captions(embedded_captions_dir() / "evaluation.txt")[:captions]
     stats, _ = calibrate(model, read_captions(embedded_captions_dir() / "calibration.txt")[:8], steps=steps,

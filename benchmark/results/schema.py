@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from benchmark.errors import UserError
 from benchmark.fileio import Each, OptionalKey, read_json
 
 __all__ = ["CELL", "FAILED", "METRIC", "NUMBER", "OK", "RESULTS", "SCHEMA", "cell_key", "metric_value",
@@ -49,8 +50,11 @@ RESULTS = {
 def read_results(path: str | Path) -> dict:
     """A results file (or a run folder's), validated against ``RESULTS``."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
+    try:
+        if path.is_dir():
+            path = path / "results.json"
+    except OSError as error:  # a name the system refuses (too long, ...)
+        raise UserError(f"{str(path)[:80]}...: not a readable path ({error.strerror or error})") from None
     return read_json(path, RESULTS, "results file")
 
 

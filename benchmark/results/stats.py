@@ -1,57 +1,102 @@
-"""Uncertainty of a benchmark number: bootstrap intervals over captions, and paired tests.
+"""Uncertainty of a benchmark number: the project's names over ``benchmark.results.inference``.
 
-Every cell of a run scores the same captions from the same seeds, so two cells compare
-caption by caption. Two tools, both resampling captions with replacement:
+The methods live in one place, benchmark/results/inference.py (chosen by simulation on this
+project's per-caption values, scripts/coverage.py); this module adds what results files and
+reports need on top of them:
 
-- ``mean_interval(values)``: the percentile bootstrap interval of a mean (one cell).
-- ``paired_test(a, b)``: the paired bootstrap of the mean difference ``a - b`` over the same
-  captions (Koehn 2004, as sacrebleu's paired bootstrap resampling does): the difference,
-  its interval and a two-sided p-value. Much tighter than comparing two cells' intervals,
-  since most of a caption's difficulty is shared by both cells.
+- ``mean_interval(values)``: the mean over captions with its symmetric bootstrap-t interval.
+- ``paired_test(a, b)``: ``a - b`` over the same captions: the mean difference with its
+  bootstrap-t interval and the sign-flip test of "no difference" (exact up to 32 captions, else
+  Monte Carlo with enough draws for the smallest threshold of the caller's Holm family).
+- ``INTERVAL``, ``PAIRED_TEST`` (``STATISTICS`` both, ``BOOTSTRAP`` its older name): the settings
+  recorded with the numbers; ``describe_interval`` and ``describe_test``: the same, as reports print them.
+- ``interval_json`` / ``recorded_half_width``: a cell's recorded interval.
 
-The resampling is pure Python (``random.Random`` and ``math.fsum``): the same seed gives the
-same interval on every machine, so results files reproduce bit for bit wherever the
-per-sample numbers do.
+Both methods are seeded (numpy's generator, seed 0), so the same per-caption numbers give the
+same intervals and p-values on every machine.
 """
 
 from __future__ import annotations
 
-from benchmark.errors import UserError
-
 import math
-import random
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-__all__ = ["BOOTSTRAP", "Interval", "PairedTest", "captions_needed", "interval_json", "mean_interval",
-           "paired_test", "recorded_half_width"]
+import numpy as np
+
+from benchmark.errors import UserError
+from benchmark.results import inference
+from benchmark.results.inference import (
+    ALPHA,
+    LEVEL,
+    SMALL_SAMPLE,
+    Interval,
+    SignFlipResult,
+    captions_for_half_width,
+    captions_for_power,
+    draws_for,
+    holm,
+    holm_adjusted,
+    sign_flip_test,
+    small_sample_note,
+)
+
+__all__ = ["ALPHA", "BOOTSTRAP", "INTERVAL", "LEVEL", "PAIRED_TEST", "SMALL_SAMPLE", "STATISTICS", "Interval",
+           "PairedTest", "SignFlipResult", "captions_for_half_width", "captions_for_power", "describe_interval",
+           "describe_test", "draws_for", "holm", "holm_adjusted", "interval_json", "mean_interval", "min_p",
+           "paired_test", "recorded_half_width", "sign_flip_test", "small_sample_note"]
 
 # The settings of every interval and test the project reports (recorded with the numbers).
-BOOTSTRAP = {"method": "percentile bootstrap over captions", "level": 0.95, "resamples": 2000, "seed": 0}
+INTERVAL = {"method": "bootstrap-t (symmetric)", "level": LEVEL, "resamples": inference.RESAMPLES,
+            "seed": inference.SEED}
+PAIRED_TEST = {"method": "sign-flip", "exact_up_to": inference.EXACT_MAX_N,
+               "monte_carlo": "draws_for(alpha / tests) random sign patterns", "seed": inference.SEED,
+               "correction": "Holm", "alpha": ALPHA}
+STATISTICS = {"interval": INTERVAL, "paired_test": PAIRED_TEST}
+BOOTSTRAP = STATISTICS  # the older name of the record
 
 
-@dataclass(frozen=True)
-class Interval:
-    mean: float
-    low: float
-    high: float
-    samples: int
+def describe_interval() -> str:
+    """How reports name the interval: '95% bootstrap-t interval (symmetric, 2000 resamples over
+    captions, seed 0)'."""
+    return (f"{INTERVAL['level']:.0%} bootstrap-t interval (symmetric, {INTERVAL['resamples']} resamples "
+            f"over captions, seed {INTERVAL['seed']})")
 
-    @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2
 
-    def to_json(self) -> dict:
-        return {**asdict(self), **{k: v for k, v in BOOTSTRAP.items()}}
+def describe_test(tests: int | None = None, one_sided: bool = False, alpha: float = ALPHA) -> str:
+    """How reports name the paired test and its correction, e.g. 'two-sided sign-flip test over the
+    same captions (exact up to 32 captions, else Monte Carlo), Holm's correction over 55 tests at
+    family-wise 0.05'."""
+    side = "one-sided" if one_sided else "two-sided"
+    text = (f"{side} sign-flip test over the same captions (exact up to {PAIRED_TEST['exact_up_to']} captions, "
+            "else Monte Carlo)")
+    if tests is not None:
+        text += f", Holm's correction over {tests} test{'s' if tests != 1 else ''} at family-wise {alpha:g}"
+    return text
+
+
+def min_p(captions: int, one_sided: bool = False, tests: int = 1, alpha: float = ALPHA) -> float:
+    """The smallest p-value a sign-flip test of ``captions`` captions can return: 1 / 2**n one-sided,
+    2 / 2**n two-sided when exact, the Monte Carlo resolution (draws sized for alpha / tests) above."""
+    if captions > inference.EXACT_MAX_N:
+        return 1 / (1 + draws_for(alpha / max(1, tests)))
+    return min(1.0, (1 if one_sided else 2) / 2 ** captions)
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """The mean of ``values`` with its symmetric bootstrap-t interval (inference.mean_interval)."""
+    return inference.mean_interval(values, level)
 
 
 @dataclass(frozen=True)
 class PairedTest:
-    """``a - b`` over the same captions: the mean difference, its interval, the p-value of
-    "no difference" (two-sided), and whether it is significant at ``1 - level``."""
+    """``a - b`` over the same captions: the mean difference with its interval, the sign-flip
+    p-value of "no difference" (unadjusted: a family's callers adjust it with ``holm_adjusted``),
+    the test itself, and whether the p-value alone is significant at ``alpha``."""
 
     difference: Interval
     p_value: float
+    test: SignFlipResult
     significant: bool
 
     def verdict(self, higher_is_better: bool = True) -> str:
@@ -59,6 +104,24 @@ class PairedTest:
             return "not significant"
         better = (self.difference.mean > 0) == higher_is_better
         return "better" if better else "worse"
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided", tests: int = 1,
+                alpha: float = ALPHA) -> PairedTest:
+    """``mean(a - b)`` with its interval and the sign-flip test; ``a[i]`` and ``b[i]`` score the same
+    caption. ``tests``: the size of the caller's Holm family, which sizes the Monte Carlo draws
+    (above 32 captions) for its smallest threshold, alpha / tests."""
+    a = np.asarray(_finite(a, "paired test"))
+    b = np.asarray(_finite(b, "paired test"))
+    if len(a) != len(b):
+        raise UserError(f"paired test: {len(a)} and {len(b)} samples; pairs need the same captions")
+    differences = a - b
+    test = inference.sign_flip_test(differences, alternative, min_alpha=alpha / max(1, tests))
+    if len(differences) >= 2:
+        interval = mean_interval(differences)
+    else:
+        interval = Interval(test.mean, test.mean, test.mean, LEVEL, "none: one caption", 1)
+    return PairedTest(interval, test.p, test, test.p <= alpha)
 
 
 def _finite(values: Sequence[float], what: str) -> list[float]:
@@ -70,40 +133,18 @@ def _finite(values: Sequence[float], what: str) -> list[float]:
     return values
 
 
-def _resampled_means(values: list[float], resamples: int, seed: int) -> list[float]:
-    rng = random.Random(seed)
-    n = len(values)
-    return sorted(math.fsum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between order statistics (numpy's default method)."""
-    position = q * (len(ordered) - 1)
-    lower = math.floor(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
-
-
-def _interval(values: list[float], level: float, resamples: int, seed: int) -> tuple[Interval, list[float]]:
-    means = _resampled_means(values, resamples, seed)
-    tail = (1 - level) / 2
-    mean = math.fsum(values) / len(values)
-    return Interval(mean, _quantile(means, tail), _quantile(means, 1 - tail), len(values)), means
-
-
-def mean_interval(values: Sequence[float], level: float = BOOTSTRAP["level"],
-                  resamples: int = BOOTSTRAP["resamples"], seed: int = BOOTSTRAP["seed"]) -> Interval:
-    """The mean of ``values`` with its percentile bootstrap interval."""
-    return _interval(_finite(values, "interval"), level, resamples, seed)[0]
-
-
 def interval_json(values: Sequence[float]) -> dict:
-    """What results.json records of a mean's interval: the bounds and the bootstrap settings,
-    or the reason there is none."""
+    """What results.json records of a mean's interval: the bounds and the method's settings, or
+    the reason there is none."""
     try:
-        return mean_interval(values).to_json()
+        interval = mean_interval(values)
     except ValueError as error:
-        return {"low": None, "high": None, "reason": str(error)}
+        return {"low": None, "high": None, "reason": str(error), **INTERVAL}
+    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+        return {"mean": interval.mean, "low": None, "high": None, "samples": interval.n,
+                "reason": f"unbounded at {interval.n} captions (a resample of one repeated caption has no spread)",
+                **INTERVAL}
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "samples": interval.n, **INTERVAL}
 
 
 def recorded_half_width(metric: dict | None) -> float | None:
@@ -112,27 +153,3 @@ def recorded_half_width(metric: dict | None) -> float | None:
     if interval.get("low") is None or interval.get("high") is None:
         return None
     return (interval["high"] - interval["low"]) / 2
-
-
-def paired_test(a: Sequence[float], b: Sequence[float], level: float = BOOTSTRAP["level"],
-                resamples: int = BOOTSTRAP["resamples"], seed: int = BOOTSTRAP["seed"]) -> PairedTest:
-    """Paired bootstrap of ``mean(a - b)``; ``a[i]`` and ``b[i]`` score the same caption."""
-    a, b = _finite(a, "paired test"), _finite(b, "paired test")
-    if len(a) != len(b):
-        raise UserError(f"paired test: {len(a)} and {len(b)} samples; pairs need the same captions")
-    differences = [x - y for x, y in zip(a, b)]
-    interval, means = _interval(differences, level, resamples, seed)
-    # Two-sided p-value of "mean difference 0": twice the smaller tail of the resampled
-    # means beyond 0, with the +1 correction so that it is never exactly 0.
-    below = sum(m <= 0 for m in means)
-    above = sum(m >= 0 for m in means)
-    p_value = min(1.0, 2 * (min(below, above) + 1) / (resamples + 1))
-    return PairedTest(interval, p_value, p_value < 1 - level)
-
-
-def captions_needed(interval: Interval, target_half_width: float) -> int | None:
-    """Captions for an interval of +-``target_half_width``, from one measured at n samples:
-    the half-width shrinks as 1/sqrt(n). None when the interval is already degenerate."""
-    if interval.half_width <= 0:
-        return None
-    return max(1, math.ceil(interval.samples * (interval.half_width / target_half_width) ** 2))

@@ -1,7 +1,7 @@
 """Calibration: one pass over the calibration captions through every denoising step, collecting
 ``CalibrationStats`` for the input of every target group, cached on disk.
 
-    stats, info = calibrate(model, read_captions("datasets/embedded/calibration.txt"))
+    stats, info = calibrate(model, read_captions("benchmark/data/embedded/calibration.txt"))
     described = model.quantize("hadanorm", "w4a4", stats)   # describe() records the alphas
 
 The cache is keyed by the model's fingerprint (weights hash, or path + size + mtime), the
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from benchmark.captions import load_captions
 from benchmark.errors import UserError
 from benchmark.fileio import Each, OptionalKey, read_json, sha256_file, write_atomic
+from benchmark.logs import get_logger
 from benchmark.quant import numerics
 from benchmark.run.distributed import Processes
 from benchmark.transform.base import CalibrationStats
@@ -43,6 +43,7 @@ __all__ = ["CalibrationInfo", "StatsCollector", "calibrate", "caption_seeds", "c
 FORMAT = 2  # 2: samples drawn per batch (bottom-k), the same for any process count
 DEFAULT_CACHE = Path(".cache") / "calibration"
 _FIELDS = ("absmax", "centered_absmax", "mean", "sample")
+_HESSIANS = ("hessian", "centered_hessian")
 _META = {"payload": dict, "tensors_sha256": str, "tokens": Each(int), "seconds": OptionalKey(float)}
 
 
@@ -60,7 +61,7 @@ def caption_seeds(count: int, seed: int = 0) -> list[int]:
 def collect_part(model, captions: Sequence[str], seeds: Sequence[int], steps: int = 20,
                  batch_size: int = 16, guidance_scale: float | None = None,
                  max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS, tokens_per_row: int = DEFAULT_TOKENS_PER_ROW,
-                 seed: int = 0, first_batch: int = 0) -> Part:
+                 seed: int = 0, first_batch: int = 0, hessian: bool = False) -> Part:
     """The statistics of each batch of ``captions`` (batch ``first_batch`` onwards of the
     calibration set), and the sample over them all. ``merge_parts`` combines parts."""
     if model.is_quantized:
@@ -70,7 +71,7 @@ def collect_part(model, captions: Sequence[str], seeds: Sequence[int], steps: in
     samples: dict[str, Sample] | None = None
     for start in range(0, len(captions), batch_size):
         collector = StatsCollector(groups, max_sample_tokens, tokens_per_row, seed,
-                                   batch=first_batch + start // batch_size)
+                                   batch=first_batch + start // batch_size, hessian=hessian)
         with model.watching_inputs(collector.record):
             model.generate(captions[start:start + batch_size], seeds[start:start + batch_size],
                            steps=steps, batch_size=batch_size, guidance_scale=guidance_scale)
@@ -84,10 +85,10 @@ def collect_stats(model, captions: Sequence[str], seeds: Sequence[int], steps: i
                   batch_size: int = 16, guidance_scale: float | None = None,
                   max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
                   tokens_per_row: int = DEFAULT_TOKENS_PER_ROW,
-                  seed: int = 0) -> dict[str, CalibrationStats]:
+                  seed: int = 0, hessian: bool = False) -> dict[str, CalibrationStats]:
     """Generate from the captions once, recording every target group's input at every step."""
     return merge_parts([collect_part(model, captions, seeds, steps, batch_size, guidance_scale,
-                                     max_sample_tokens, tokens_per_row, seed)])
+                                     max_sample_tokens, tokens_per_row, seed, hessian=hessian)])
 
 
 @dataclass
@@ -149,6 +150,7 @@ def _read_cache(base: Path, payload: dict) -> dict[str, CalibrationStats]:
     for name in payload["groups"]:
         try:
             fields = {f: tensors[f"{name}/{f}"] for f in _FIELDS}
+            fields.update({f: tensors[f"{name}/{f}"] for f in _HESSIANS if payload.get("hessian")})
             stats[name] = CalibrationStats(tokens=int(meta["tokens"][name]), **fields)
         except KeyError as error:
             raise UserError(f"no entry {error} for group {name}") from None
@@ -160,7 +162,8 @@ def _write_cache(base: Path, payload: dict, stats: dict[str, CalibrationStats], 
 
     base.parent.mkdir(parents=True, exist_ok=True)
     tensor_path, meta_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
-    tensors = {f"{name}/{f}": getattr(s, f).contiguous() for name, s in stats.items() for f in _FIELDS}
+    tensors = {f"{name}/{f}": getattr(s, f).contiguous() for name, s in stats.items()
+               for f in _FIELDS + (_HESSIANS if payload.get("hessian") else ())}
     write_atomic(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
     meta = {"payload": payload, "tensors_sha256": sha256_file(tensor_path),
             "tokens": {name: s.tokens for name, s in stats.items()}, "seconds": round(seconds, 2)}
@@ -171,14 +174,15 @@ def _write_cache(base: Path, payload: dict, stats: dict[str, CalibrationStats], 
 def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
               guidance_scale: float | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
               batch_size: int = 16, max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
-              tokens_per_row: int = DEFAULT_TOKENS_PER_ROW,
-              processes=None) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
+              tokens_per_row: int = DEFAULT_TOKENS_PER_ROW, processes=None,
+              hessian: bool = False) -> tuple[dict[str, CalibrationStats], CalibrationInfo]:
     """Calibration statistics for every target group, from the cache when it is valid.
 
     Caption i is generated from seed + i (``caption_seeds``). ``cache_dir=None`` skips the
     cache. ``processes`` (``benchmark.run.distributed.Processes``) share the batches; the main one
-    reads and writes the cache, and every one gets the same statistics. Returns the statistics
-    by group name, and where they came from.
+    reads and writes the cache, and every one gets the same statistics. ``hessian``: also each
+    group's input Hessians, for GPTQ (two C x C float64 matrices per group; cached apart).
+    Returns the statistics by group name, and where they came from.
     """
 
     processes = processes or Processes()
@@ -188,6 +192,8 @@ def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
     payload = _payload(model, captions, steps, seed, guidance_scale, max_sample_tokens, tokens_per_row)
     payload["batch_size"] = batch_size  # the batches seed the sample
     payload["computed_on"] = _computed_on(model)
+    if hessian:  # a key of its own: caches without the Hessians stay valid for every other run
+        payload["hessian"] = True
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     base = Path(cache_dir or ".") / f"calibration-{key}"
     status, cached = "miss", None
@@ -196,7 +202,7 @@ def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
             cached = _read_cache(base, payload)
         except ValueError as error:
             status = f"rebuilt: {error}"
-            warnings.warn(f"calibration cache {base}: {error}; rebuilding it", stacklevel=2)
+            get_logger("calibration").warning(f"calibration cache {base}: {error}; rebuilding it")
     status, cached = processes.broadcast((status, cached))
     if cached is not None:
         return cached, CalibrationInfo("hit", key, base, payload, 0.0)
@@ -205,7 +211,8 @@ def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
 
     def part(_, batches: slice) -> Part:
         return collect_part(model, captions[batches], seeds[batches], steps, batch_size, guidance_scale,
-                            max_sample_tokens, tokens_per_row, seed, first_batch=batches.start // batch_size)
+                            max_sample_tokens, tokens_per_row, seed, first_batch=batches.start // batch_size,
+                            hessian=hessian)
 
     ((_, outcome),) = processes.map([None], len(captions), part, everywhere=True, batch_size=batch_size)
     if outcome.error is not None:

@@ -1,4 +1,11 @@
-"""The run folder: checked before a run starts, and held by one run at a time.
+"""The run folder: checked before a run starts, held by one run at a time, and everything a
+run keeps in it (``RunFolder``):
+
+    results.json            the results (benchmark/results/schema.py), rewritten after every cell
+    reference.safetensors   the full-precision generation, reused by every cell and by reruns
+    images/<cell>/NN.png    the generated images of each cell (and images/fp/ for the reference)
+    grid_<precision>.png    the paper's Figure 3: a row per caption, a column per transform
+    .hadabench.lock         locked by the run in progress: one run per folder
 
     check_folder(out, "--out")      # a one-line ValueError if a run could not write there
     lock = FolderLock(out)
@@ -15,13 +22,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import textwrap
 from pathlib import Path
 
+import numpy as np
+import torch
 from filelock import FileLock, Timeout
+from PIL import Image, ImageDraw
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from benchmark.errors import UserError
+from benchmark.fileio import write_atomic, write_json
+from benchmark.logs import get_logger
+from benchmark.models.base import Generation
+from benchmark.results.schema import read_results
 
-__all__ = ["LOCK_NAME", "FolderLock", "check_folder"]
+__all__ = ["LOCK_NAME", "FolderLock", "RunFolder", "check_folder", "safe_label", "save_grid", "save_images"]
+
+log = get_logger("run").info
+GRID_CAPTIONS = 8  # rows of the Figure-3 grid
 
 LOCK_NAME = ".hadabench.lock"
 
@@ -70,3 +91,127 @@ class FolderLock:
                 with contextlib.suppress(OSError):
                     path.unlink() if path == self.path else path.rmdir()
         self._created = []
+
+
+def safe_label(label: str) -> str:
+    """A transform label as a folder name."""
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in label)
+
+
+def save_images(images: torch.Tensor, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for index, array in enumerate(pixels):
+        with Image.fromarray(array) as image:
+            write_atomic(folder / f"{index:02d}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
+
+
+def save_grid(columns: list[tuple[str, torch.Tensor, list[str]]], path: Path, rows: int = GRID_CAPTIONS) -> None:
+    """The paper's Figure 3: one row per caption (numbered at the left), one column per
+    ``(label, images, notes)`` with its label above (wrapped between words, never inside one)
+    and each image's note (its SQNR and PSNR) below it."""
+    size, label_height, note_height, margin = 128, 26, 12, 28
+    count = min(rows, len(columns[0][1]))
+    grid = Image.new("RGB", (margin + size * len(columns), label_height + (size + note_height) * count), "white")
+    draw = ImageDraw.Draw(grid)
+    for row in range(count):
+        draw.text((3, label_height + row * (size + note_height) + size // 2 - 6), f"#{row}", fill="black")
+    for col, (label, images, notes) in enumerate(columns):
+        left = margin + col * size
+        lines = textwrap.wrap(label, 20, break_long_words=False, break_on_hyphens=False)
+        for line, text in enumerate(lines[:2]):
+            draw.text((left + 3, 1 + 12 * line), text if line < 1 or len(lines) <= 2 else text + "...", fill="black")
+        pixels = (images[:rows].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for row, array in enumerate(pixels):
+            top = label_height + row * (size + note_height)
+            grid.paste(Image.fromarray(array).resize((size, size), Image.NEAREST), (left, top))
+            if row < len(notes):
+                draw.text((left + 3, top + size), notes[row], fill="black")
+    write_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def _notes(cell: dict, count: int) -> list[str]:
+    """Per image of a cell: its SQNR and PSNR (dB), where they were computed."""
+    per_sample = cell.get("per_sample") or {}
+    notes = []
+    for index in range(count):
+        parts = [f"{name} {values[index]:.1f}" if isinstance(values[index], (int, float)) else f"{name} {values[index]}"
+                 for name, key in (("SQNR", "sqnr_db"), ("PSNR", "psnr_db"))
+                 if isinstance(values := per_sample.get(key), list) and index < len(values)]
+        notes.append(" ".join(parts))
+    return notes
+
+
+class RunFolder:
+    """Everything one run keeps in its folder, read and written in one place."""
+
+    FILES = ("results.json", "reference.safetensors", "images", "grid_*.png")  # what --fresh clears
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.results_path = self.path / "results.json"
+        self.reference_path = self.path / "reference.safetensors"
+
+    def check(self) -> None:
+        check_folder(self.path, "--out")
+
+    def lock(self) -> FolderLock:
+        lock = FolderLock(self.path)
+        lock.acquire()
+        return lock
+
+    def read_results(self) -> dict | None:
+        """The folder's results, validated; None when it holds none."""
+        return read_results(self.results_path) if self.results_path.exists() else None
+
+    def write_results(self, results: dict) -> None:
+        write_json(self.results_path, results)
+
+    def clear(self) -> None:
+        for pattern in self.FILES:
+            for path in self.path.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def cell_images(self, precision: str, label: str) -> Path:
+        return self.path / "images" / precision / safe_label(label)
+
+    # -- the full-precision reference, keyed like the calibration cache --
+    def read_reference(self, key: str, captions, seeds, settings: dict) -> Generation | None:
+        """The cached reference made with ``key``; None (with a note) when there is none, it was
+        made with other settings, or it cannot be read: it is then generated again, never trusted."""
+        if not self.reference_path.exists():
+            return None
+        try:
+            with safe_open(self.reference_path, "pt") as handle:
+                stored = (handle.metadata() or {}).get("key")
+            if stored != key:
+                log(f"reference: {self.reference_path} was generated with other settings; generating again")
+                return None
+            tensors = load_file(self.reference_path)
+            log(f"reference: reusing {self.reference_path}")
+            return Generation(captions, seeds, tensors["latents"], tensors["images"], settings)
+        except Exception as error:  # a damaged cache is regenerated, never trusted
+            log(f"reference: {self.reference_path} unreadable ({error}); generating again")
+            return None
+
+    def write_reference(self, generation: Generation, key: str) -> None:
+        tensors = {"latents": generation.latents.contiguous(), "images": generation.images.contiguous()}
+        write_atomic(self.reference_path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))
+        save_images(generation.images, self.path / "images" / "fp")
+
+    # -- the paper's Figure 3 --
+    def write_grid(self, precision: str, cells: list[dict], reference_images: torch.Tensor) -> str:
+        """The grid of ``precision``: full precision, then every finished cell's saved images
+        (resumed ones too); returns the file's name."""
+        columns = [("full precision", reference_images, [])]
+        for cell in cells:
+            folder = self.cell_images(precision, cell["label"])
+            if cell["precision"] != precision or cell["status"] != "ok" or not folder.exists():
+                continue
+            files = sorted(folder.glob("*.png"))[:GRID_CAPTIONS]
+            images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+                                  for f in files]).float() / 255
+            columns.append((cell["label"], images, _notes(cell, len(images))))
+        name = f"grid_{precision}.png"
+        save_grid(columns, self.path / name)
+        return name

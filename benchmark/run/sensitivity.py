@@ -3,7 +3,7 @@
 Rows are activation quantizers (roles), columns transforms. In each cell one role's
 quantizers are on in every block (default precision ``a4``: activations at 4 bits, weights
 in full precision) and everything else is the original linear; the cell's number is the
-end-to-end SQNR of the final latents against the full-precision run, with a bootstrap
+end-to-end SQNR of the final latents against the full-precision run, with a bootstrap-t
 interval over the captions. The ``all`` row quantizes every role together: it is the very
 cell ``hadabench run --precisions a4`` makes. A second view puts one transform's
 (role, block) pairs, each alone, in a roles x blocks table.
@@ -17,7 +17,7 @@ hadanorm = C+S+R) and quarot is R+-.
 It is a run (``benchmark.run.runner.Run``) with other cells: one reference and one calibration
 serve every cell, results.json is rewritten after each cell, and a second invocation into
 the same folder resumes. At the end it adds ``study`` to results.json (the tables, the
-paper's three claims tested with paired intervals) and writes ``README.md`` and the heatmaps
+paper's three claims tested with paired sign-flip tests, Holm-corrected) and writes ``README.md`` and the heatmaps
 beside it.
 """
 
@@ -26,17 +26,26 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.errors import UserError
 from benchmark.fileio import write_atomic
+from benchmark.results import markdown as md
 from benchmark.results.schema import OK, cell_key, metric_value
-from benchmark.results.stats import BOOTSTRAP, mean_interval
-from benchmark.run.config import TransformSpec, load_config
+from benchmark.results.stats import (
+    ALPHA,
+    BOOTSTRAP,
+    describe_interval,
+    describe_test,
+    holm_adjusted,
+    mean_interval,
+    sign_flip_test,
+    small_sample_note,
+)
+from benchmark.run.cells import CellJob
+from benchmark.run.config import RunConfig, TransformSpec, load_config
 from benchmark.run.runner import Run, log
 from benchmark.run.subset import Subset
 
@@ -63,31 +72,55 @@ STUDY_DEFAULTS = {"precisions": ["a4"], "transforms": LATTICE, "metrics": ["sqnr
                   "out": "results/sensitivity"}
 ALL = "all"  # the row with every role quantized at once
 
-# -- intervals: the project's seeded bootstrap over captions (benchmark/results/stats.py) --------
+# -- intervals and tests: the project's statistics over captions (benchmark/results/stats.py) --------
 def mean_ci(values) -> dict:
-    """{"mean", "low", "high", "n"}: the mean and its percentile bootstrap interval (no
-    interval, low and high None, when a value is not finite)."""
+    """{"mean", "low", "high", "n"}: the mean and its symmetric bootstrap-t interval (no
+    interval, low and high None, when a value is not finite, or the interval is unbounded: fewer
+    than 4 captions, where over 5% of the resamples repeat one caption)."""
     values = [float(v) for v in values]
     try:
         interval = mean_interval(values)
+        if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+            raise ValueError("unbounded")
     except ValueError:
         mean = sum(values) / len(values) if values else None
         return {"mean": mean, "low": None, "high": None, "n": len(values)}
-    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.samples}
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.n}
 
 
 def paired_ci(a, b) -> dict:
-    """The mean of ``a - b`` over the same captions, with its paired bootstrap interval."""
+    """The mean of ``a - b`` over the same captions with its bootstrap-t interval, and "p": the
+    two-sided sign-flip p-value of "no difference" (None when a value is not finite). The claims
+    add "p_holm", adjusted over the comparisons of one claim (``_holm``); Monte Carlo above 32
+    captions resolves the thresholds of families of up to 100 comparisons."""
     if len(a) != len(b):
         raise UserError(f"paired values differ in length: {len(a)} and {len(b)}")
-    return mean_ci([x - y for x, y in zip(a, b, strict=False)])
+    differences = [float(x) - float(y) for x, y in zip(a, b, strict=False)]
+    ci = mean_ci(differences)
+    finite = all(math.isfinite(d) for d in differences)
+    ci["p"] = sign_flip_test(differences).p if finite else None
+    return ci
+
+
+def _holm(family) -> None:
+    """Adds "p_holm" to each tested difference of one claim: Holm's correction over them all."""
+    tested = [ci for ci in family if ci is not None and ci.get("p") is not None]
+    for ci, q in zip(tested, holm_adjusted([ci["p"] for ci in tested]), strict=True):
+        ci["p_holm"] = q
 
 
 def _sign(ci: dict) -> int:
-    """+1 when the interval lies above 0, -1 below, 0 when it holds 0 (or is unknown)."""
-    if ci is None or ci["low"] is None:
+    """+1 when the difference is significantly above 0 (the Holm-adjusted sign-flip p-value, or
+    the raw one outside a claim, at most ALPHA), -1 below, 0 otherwise or unknown. A record
+    without a test (an older file) is read by its interval."""
+    if ci is None:
         return 0
-    return 1 if ci["low"] > 0 else -1 if ci["high"] < 0 else 0
+    if "p" not in ci:
+        return 0 if ci["low"] is None else 1 if ci["low"] > 0 else -1 if ci["high"] < 0 else 0
+    p = ci.get("p_holm", ci["p"])
+    if p is None or p > ALPHA or ci["mean"] == 0:
+        return 0
+    return 1 if ci["mean"] > 0 else -1
 
 
 # -- names ----------------------------------------------------------------------------
@@ -129,14 +162,13 @@ class SensitivityStudy(Run):
                              f"{', '.join(names)}")
         self.info = {"kind": "sensitivity", "block_view": self.block_spec.label, "bootstrap": BOOTSTRAP}
 
-    def _config_hash(self) -> str:
+    def config_hash(self, config: RunConfig) -> str:
         # the configuration, and what makes a study's cells: its kind and the blocks view
-        data = json.dumps({"config": self.config.hash(), "study": self.info}, sort_keys=True)
+        data = json.dumps({"config": config.hash(), "study": self.info}, sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
-    def _save(self) -> None:
-        self.results.setdefault("study", {}).update(self.info)  # marks the file as a study's
-        super()._save()
+    def annotate(self, results: dict) -> None:
+        results.setdefault("study", {}).update(self.info)  # marks the file as a study's
 
     def layout(self, targets) -> tuple[list[str], list[int]]:
         """The rows (roles, in block order) and the blocks the study covers."""
@@ -159,12 +191,12 @@ class SensitivityStudy(Run):
         cells += [(spec, None) for spec in self.config.transforms]  # None: the plain run's cell
         return cells
 
-    def _cells(self, model, scorers, evaluation, seeds, reference, stats) -> None:
-        tick = time.perf_counter()
-        jobs = [(precision, spec, subset) for precision in self.config.precisions
-                for spec, subset in self.plan(model.targets())]
-        self._run_cells(model, scorers, jobs, evaluation, seeds, reference, stats)
-        self.info["cells_wall_s"] = self.results.get("study", {}).get("cells_wall_s", 0.0) + time.perf_counter() - tick
+    def jobs(self, targets) -> list[CellJob]:
+        return [CellJob(precision, spec, subset) for precision in self.config.precisions
+                for spec, subset in self.plan(targets)]
+
+    def after_cells(self, reference) -> None:
+        self.info["cells_wall_s"] = self.results.get("study", {}).get("cells_wall_s", 0.0) + self.cells_seconds
         self.report()
 
     def report(self) -> int:
@@ -185,7 +217,7 @@ class SensitivityStudy(Run):
                                + timing["per_cell_s"] * self.info["cells"]["planned"]) / 60
         self.info["timing"] = timing
         self.info.update(summarize(self.results, self.config, self.block_spec, roles, blocks, self.subset))
-        self._save()
+        self.save()
         write_report(self.results, self.out)
         log(f"sensitivity: wrote {self.out / 'README.md'} and its heatmaps "
             f"({self.info['cells']['finished']} of {self.info['cells']['planned']} cells)")
@@ -233,7 +265,7 @@ PAPER_WORST = ("self_attn_qkv", "self_attn_out", "cross_attn_q", "ffn_up", "ffn_
 TEXT_INPUT = "cross_attn_kv"
 SINGLES = ("C", "S", "R")
 CLAIM_COLUMNS = ("none", *SINGLES, "C+S+R", "C+R", "S+R")  # in the order they run
-VERDICT = {1: "holds", -1: "does not hold", 0: "undecided (interval holds 0)"}
+VERDICT = {1: "holds", -1: "does not hold", 0: "undecided (no significant difference decides it)"}
 
 
 def claims(per_sample: dict, roles: list[str], names: list[str]) -> dict:
@@ -253,6 +285,7 @@ def claims(per_sample: dict, roles: list[str], names: list[str]) -> dict:
             if per_sample.get((o, base)) and per_sample.get((c, base)):
                 pairs.append({"worse": c, "other": o,
                               "other_minus_worse": paired_ci(per_sample[o, base], per_sample[c, base])})
+    _holm([p["other_minus_worse"] for p in pairs])
     ranking = sorted((r for r in roles if per_sample.get((r, base))),
                      key=lambda r: float(np.mean(per_sample[r, base])))
     signs = [_sign(p["other_minus_worse"]) for p in pairs]
@@ -262,6 +295,7 @@ def claims(per_sample: dict, roles: list[str], names: list[str]) -> dict:
     # 2. HadaNorm (C+S+R) against no transform, per role
     if "C+S+R" in names and base in names:
         per_role = {r: diff(r, "C+S+R", base) for r in roles}
+        _holm(per_role.values())
         signs = {r: _sign(ci) for r, ci in per_role.items()}
         helped = [r for r in roles if r != TEXT_INPUT]
         ok = all(signs[r] == 1 for r in helped) and signs.get(TEXT_INPUT, 0) != 1
@@ -280,7 +314,8 @@ def claims(per_sample: dict, roles: list[str], names: list[str]) -> dict:
                        if per_sample.get((row, s)) else -math.inf)
             ci = diff(row, "C+S+R", best)
             rows[row] = {"best_single": best, "composition_minus_best_single": ci}
-            signs.append(_sign(ci))
+        _holm([v["composition_minus_best_single"] for v in rows.values()])
+        signs = [_sign(v["composition_minus_best_single"]) for v in rows.values()]
         verdict = 1 if signs and all(s == 1 for s in signs) else -1 if -1 in signs else 0
         out["composition_beats_single"] = {"per_row": rows, "verdict": VERDICT[verdict],
                                            "rows_where_it_holds": sum(s == 1 for s in signs),
@@ -290,6 +325,7 @@ def claims(per_sample: dict, roles: list[str], names: list[str]) -> dict:
         if with_c in names and without in names:
             centering[f"{with_c} minus {without}"] = {row: diff(row, with_c, without) for row in [ALL, *roles]}
     if centering:
+        _holm([ci for comparison in centering.values() for ci in comparison.values()])
         out["centering_makes_rotation_work"] = centering
     return out
 
@@ -298,9 +334,10 @@ def claims(per_sample: dict, roles: list[str], names: list[str]) -> dict:
 def _fmt(ci: dict | None, interval: bool = True) -> str:
     if ci is None or ci.get("mean") is None:
         return "n/a"
+    star = "*" if ci.get("p_holm") is not None and ci["p_holm"] <= ALPHA else ""
     if not interval or ci["low"] is None:
-        return f"{ci['mean']:.2f}"
-    return f"{ci['mean']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+        return f"{ci['mean']:.2f}{star}"
+    return f"{ci['mean']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]{star}"
 
 
 def heatmap(values: list[list[float | None]], rows: list[str], columns: list[str], title: str,
@@ -321,62 +358,90 @@ def heatmap(values: list[list[float | None]], rows: list[str], columns: list[str
             if np.isfinite(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=8,
                         color="white" if data[i, j] < middle else "black")
-    ax.set_xticks(range(len(columns)), columns, rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(columns)), [_plain(c) for c in columns], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [_plain(r) for r in rows], fontsize=8)
+    ax.set_title(_plain(title), fontsize=9)
     fig.colorbar(image, ax=ax, label=colorbar, fraction=0.04)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=130, format="png", metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png", metadata={"Software": None}))
+    finally:
+        plt.close(fig)
+
+
+def _plain(label) -> str:
+    """A label from results for matplotlib: one line, and no ``$`` that starts its math parser."""
+    return " ".join(str(label).split()).replace("$", r"\$")
+
+
+def _file_part(value) -> str:
+    """``value`` as part of a file name when it is a plain name (``a4``, ``w4a4``), else a digest of
+    it: a string from results never becomes a path."""
+    text = str(value)
+    if text and text[0] != "." and len(text) <= 64 and all(ch.isascii() and (ch.isalnum() or ch in "_+-.")
+                                                           for ch in text):
+        return text
+    return "p" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def write_report(results: dict, out: Path) -> None:
+    """README.md and the heatmaps. Every string that comes from ``results`` (names, labels,
+    roles, the model, verdicts) goes through ``benchmark.results.markdown`` (``md.text``,
+    ``md.cell``, ``md.code``, ``md.link``), as in the leaderboard; file names from it are
+    ``_file_part``s."""
     study, config = results["study"], results["config"]
     columns = [c["name"] for c in study["columns"]]
     n = len(results["captions"]["evaluation"]["ids"])
     timing = study["timing"]
+    model = md.text(config["model"])
     lines = ["# Sensitivity: one activation quantizer at a time", "",
              "The paper's section 4.1 (Figures 2 and 4) on this model: in each cell only one role's "
              "activation quantizers are on, in every block (weights in full precision), everything "
              "else stays the original linear. The `all` row quantizes every role at once (the cell "
-             f"`hadabench run --precisions {'/'.join(config['precisions'])}` makes). Numbers: SQNR of the "
+             f"{md.code('hadabench run --precisions ' + '/'.join(map(str, config['precisions'])))} makes). "
+             "Numbers: SQNR of the "
              f"final latents against the full-precision run, mean of per-caption dB over {n} "
-             f"{config['captions']} captions, {config['steps']} steps, seed {config['seed']}; in brackets "
-             f"the 95% {BOOTSTRAP['method']} ({BOOTSTRAP['resamples']} resamples, seed {BOOTSTRAP['seed']}).", "",
+             f"{md.text(config['captions'])} captions, {md.text(config['steps'])} steps, seed "
+             f"{md.text(config['seed'])}; in brackets "
+             f"the {describe_interval()}.", "",
+             *([f"**Small sample**: {note}; no verdict below is a claim.", ""]
+               if (note := small_sample_note(n)) else []),
              "Columns: points of the composition lattice, `affine(...)` transforms. C: dynamic "
              "centering; S: SmoothQuant scales, alpha 0.5 (on centred activations when with C); R: "
              "full Hadamard rotation; ±: with random signs. In brackets the baseline that is the "
              "same point.", "",
-             *([f"**Partial: {study['cells']['finished']} of {study['cells']['planned']} cells "
-                "finished**; the command below, without `--fresh`, resumes the rest.", ""]
+             *([f"**Partial: {md.text(study['cells']['finished'])} of {md.text(study['cells']['planned'])} "
+                "cells finished**; the command below, without `--fresh`, resumes the rest.", ""]
                if study["cells"]["finished"] < study["cells"]["planned"] else []),
-             f"Time (torch threads: {results['environment']['torch_threads']}; a 2-core machine shared with "
+             f"Time (torch threads: {md.text(results['environment']['torch_threads'])}; a 2-core machine "
+             "shared with "
              f"other work, so under load): {timing['per_cell_s']:.0f} s per cell on average "
-             f"({n} captions x {config['steps']} steps), reference {timing['reference_s']:.0f} s, "
-             f"calibration {timing['calibration_s']:.0f} s; all {study['cells']['planned']} cells about "
+             f"({n} captions x {md.text(config['steps'])} steps), reference {timing['reference_s']:.0f} s, "
+             f"calibration {timing['calibration_s']:.0f} s; all {md.text(study['cells']['planned'])} cells about "
              f"{timing['study_min']:.0f} minutes. Regenerate:", "",
              "```bash", STUDY_COMMAND, "```", ""]
     for precision, tables in study["tables"].items():
         role_rows = study["rows"]
-        name = f"sensitivity_{precision}.png"
+        name = f"sensitivity_{_file_part(precision)}.png"
         heatmap([[(tables["roles"][r][c] or {}).get("mean") for c in columns] for r in role_rows],
                 role_rows, [_column_title(c) for c in columns],
                 f"{config['model']} {precision}: SQNR (dB), one quantizer role at a time", out / name)
-        block_name = f"blocks_{precision}.png"
+        block_name = f"blocks_{_file_part(precision)}.png"
         blocks = [str(b) for b in study["blocks"]]
         heatmap([[(tables["blocks"][r][b] or {}).get("mean") for b in blocks] for r in role_rows[1:]],
                 role_rows[1:], [f"block {b}" for b in blocks],
                 f"{config['model']} {precision}, {study['block_view']}: one role in one block", out / block_name)
-        lines += [f"## {config['model']} · {precision}: roles x transforms", "", f"![roles x transforms]({name})", "",
-                  "| role | " + " | ".join(_column_title(c) for c in columns) + " |",
+        lines += [f"## {model} · {md.text(precision)}: roles x transforms", "",
+                  md.link("roles x transforms", name, out, out, image=True), "",
+                  "| role | " + " | ".join(md.cell(_column_title(c)) for c in columns) + " |",
                   "|---|" + "---|" * len(columns)]
-        lines += [f"| {r} | " + " | ".join(_fmt(tables["roles"][r][c]) for c in columns) + " |" for r in role_rows]
-        lines += ["", f"## {config['model']} · {precision}: blocks x roles, `{study['block_view']}`", "",
-                  f"![blocks x roles]({block_name})", "",
-                  "| role | " + " | ".join(f"block {b}" for b in blocks) + " |", "|---|" + "---|" * len(blocks)]
-        lines += [f"| {r} | " + " | ".join(_fmt(tables["blocks"][r][b]) for b in blocks) + " |"
+        lines += [f"| {md.cell(r)} | " + " | ".join(_fmt(tables["roles"][r][c]) for c in columns) + " |"
+                  for r in role_rows]
+        lines += ["", f"## {model} · {md.text(precision)}: blocks x roles, {md.code(study['block_view'])}", "",
+                  md.link("blocks x roles", block_name, out, out, image=True), "",
+                  "| role | " + " | ".join(md.cell(f"block {b}") for b in blocks) + " |",
+                  "|---|" + "---|" * len(blocks)]
+        lines += [f"| {md.cell(r)} | " + " | ".join(_fmt(tables["blocks"][r][b]) for b in blocks) + " |"
                   for r in role_rows[1:]]
         lines += ["", *_claims_markdown(tables["claims"])]
     write_atomic(out / "README.md", "\n".join(lines) + "\n")
@@ -387,38 +452,45 @@ STUDY_COMMAND = "python -m benchmark sensitivity --config leaderboard/sensitivit
 
 def _claims_markdown(claims: dict) -> list[str]:
     lines = ["### The paper's claims, tested", "",
-             "Each verdict comes from paired differences over the same captions (mean and 95% "
-             "interval, dB): *holds* when every interval it needs lies on the claimed side of 0, "
-             "*does not hold* when one lies on the other side, otherwise *undecided*.", ""]
+             "Each verdict comes from paired differences over the same captions (mean and "
+             f"{describe_interval()}, dB; * significant: {describe_test()}, with Holm's correction "
+             f"over the comparisons of the claim at family-wise {ALPHA:g}): *holds* when every "
+             "difference it needs is significant on the claimed side of 0, *does not hold* when one is "
+             "significant on the other side, otherwise *undecided*.", ""]
+    def listed(names) -> str:
+        return md.text(", ".join(map(str, names)))
+
     worst = claims["worst_quantizers"]
-    lines += [f"**1. The worst quantizers are {', '.join(worst['claimed_worst'])}** (the image-token inputs "
+    lines += [f"**1. The worst quantizers are {listed(worst['claimed_worst'])}** (the image-token inputs "
               f"of attention and of the FFN, and the self-attention output projection; transform "
-              f"`{worst['transform']}`): **{worst['verdict']}**. Worst first: "
-              f"{', '.join(worst['ranking_worst_first'])}.", "",
+              f"{md.code(worst['transform'])}): **{md.text(worst['verdict'])}**. Worst first: "
+              f"{listed(worst['ranking_worst_first'])}.", "",
               "| claimed worse | other role | other minus claimed |", "|---|---|---|"]
-    lines += [f"| {p['worse']} | {p['other']} | {_fmt(p['other_minus_worse'])} |" for p in worst["pairs"]]
+    lines += [f"| {md.cell(p['worse'])} | {md.cell(p['other'])} | {_fmt(p['other_minus_worse'])} |"
+              for p in worst["pairs"]]
     lines.append("")
     if "hadanorm_helps_all_but_text" in claims:
         c = claims["hadanorm_helps_all_but_text"]
-        lines += [f"**2. HadaNorm (C+S+R) helps every quantizer except the text input ({TEXT_INPUT})**: "
-                  f"**{c['verdict']}**. Helps: {', '.join(c['helps']) or 'none'}; hurts: "
-                  f"{', '.join(c['hurts']) or 'none'}.", "", "| role | C+S+R minus none |", "|---|---|"]
-        lines += [f"| {r} | {_fmt(ci)} |" for r, ci in c["per_role"].items()]
+        lines += [f"**2. HadaNorm (C+S+R) helps every quantizer except the text input ({md.text(TEXT_INPUT)})**: "
+                  f"**{md.text(c['verdict'])}**. Helps: {listed(c['helps']) or 'none'}; hurts: "
+                  f"{listed(c['hurts']) or 'none'}.", "", "| role | C+S+R minus none |", "|---|---|"]
+        lines += [f"| {md.cell(r)} | {_fmt(ci)} |" for r, ci in c["per_role"].items()]
         lines.append("")
     if "composition_beats_single" in claims:
         c = claims["composition_beats_single"]
-        lines += [f"**3. The composition beats any single ingredient**: **{c['verdict']}** "
-                  f"({c['rows_where_it_holds']} of {c['rows']} rows).", "",
+        lines += [f"**3. The composition beats any single ingredient**: **{md.text(c['verdict'])}** "
+                  f"({md.text(c['rows_where_it_holds'])} of {md.text(c['rows'])} rows).", "",
                   "| row | best single | C+S+R minus it |", "|---|---|---|"]
-        lines += [f"| {r} | {v['best_single']} | {_fmt(v['composition_minus_best_single'])} |"
+        lines += [f"| {md.cell(r)} | {md.cell(v['best_single'])} | {_fmt(v['composition_minus_best_single'])} |"
                   for r, v in c["per_row"].items()]
         lines.append("")
     if "centering_makes_rotation_work" in claims:
         comparisons = claims["centering_makes_rotation_work"]
         lines += ["**Centering before rotating** (Figure 4): paired differences.", "",
-                  "| row | " + " | ".join(comparisons) + " |", "|---|" + "---|" * len(comparisons)]
+                  "| row | " + " | ".join(map(md.cell, comparisons)) + " |", "|---|" + "---|" * len(comparisons)]
         rows = next(iter(comparisons.values()))
-        lines += [f"| {r} | " + " | ".join(_fmt(comparisons[k][r]) for k in comparisons) + " |" for r in rows]
+        lines += [f"| {md.cell(r)} | " + " | ".join(_fmt(comparisons[k][r]) for k in comparisons) + " |"
+                  for r in rows]
         lines.append("")
     return lines
 
@@ -427,7 +499,7 @@ def study(config_path: str | None, flags: dict, block_view: str | None = None, f
           report: bool = False) -> int:
     """``hadabench sensitivity``: the run's flags, with the study's defaults under them.
     ``report``: only write the report of the cells finished so far (a study still running)."""
-    config = load_config(config_path, flags, defaults=STUDY_DEFAULTS)
+    config = load_config(config_path, flags, defaults=STUDY_DEFAULTS, fresh=fresh)
     if report and fresh:
         raise UserError("--report writes the report of a study's finished cells: not with --fresh")
     run = SensitivityStudy(config, block_view=block_view, fresh=fresh)

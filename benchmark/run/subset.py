@@ -20,25 +20,22 @@ from benchmark.models.base import ROLES
 __all__ = ["Subset", "parse_blocks", "parse_roles"]
 
 
-def _known_roles() -> tuple[str, ...]:
-
-    return tuple(ROLES)
-
-
 def parse_roles(value: str | Sequence[str] | None) -> list[str] | None:
-    """``"a,b"`` or ``["a", "b"]`` -> the roles in canonical order; None when every role."""
+    """``"a,b"`` or ``["a", "b"]`` -> the roles; None when every role.
+
+    Which roles exist is the loaded model's family's business (``Subset.check`` refuses the
+    others once the model is loaded). PixArt's roles (the default family's) are put in block
+    order, and a list of all of them is the default itself, so that such lists hash alike."""
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else list(value)
-    roles = [str(r).strip() for r in items if str(r).strip()]
+    roles = list(dict.fromkeys(str(r).strip() for r in items if str(r).strip()))
     if not roles:
         raise UserError("--roles: the role list is empty (omit it to quantize every role)")
-    known = _known_roles()
-    unknown = [r for r in roles if r not in known]
-    if unknown:
-        raise UserError(f"--roles: unknown role {unknown[0]!r}; roles: {', '.join(known)}")
-    chosen = [r for r in known if r in roles]
-    return None if len(chosen) == len(known) else chosen
+    if not set(roles) <= set(ROLES):
+        return roles
+    chosen = [r for r in ROLES if r in roles]
+    return None if len(chosen) == len(ROLES) else chosen
 
 
 def parse_blocks(value: str | int | Sequence | None) -> list[int] | None:

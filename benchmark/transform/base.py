@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import UserError
+from benchmark.quant.formats import quantize_fp4
+from benchmark.quant.gptq import gptq_quantize_weight
 from benchmark.quant.grid import Precision, quantize_weight
 from benchmark.quant.hadamard import HadamardRotation
 from benchmark.quant.kernels import Workspace, online_function, resolve_kernel
@@ -44,6 +47,7 @@ CORRECTIONS = {
 _NEEDS = {"block_size": "only the rotation 'block' uses it", "seed": "it draws random signs, "
           "and random_signs is off", "correction": "only a centering transform adds W mu back"}
 AUTO_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+_HESSIAN_CHUNK = 8192  # tokens per float64 matmul when accumulating X^T X: bounded extra memory
 # The torch path's buffers, shared by every group: in a thread, one group's input is
 # transformed at a time, and that group's matmul consumes the result before the next
 # (emptied when a quantization is restored).
@@ -60,6 +64,11 @@ class CalibrationStats:
     ``sample`` is a bounded subsample of raw activations, (samples, tokens, channels),
     for searches such as ``alpha="auto"``. They live on the CPU, wherever the activations
     were (as when read back from the calibration cache); a transform moves what it uses.
+
+    ``hessian`` and ``centered_hessian`` (only when asked for: ``hessian=True``; each one
+    channels x channels, float64, however many tokens): GPTQ's Hessian ``2 X^T X / tokens`` over
+    ALL calibration tokens, of the raw tokens and of the centred ones. GPTQ weight rounding
+    (``weight_rounding="gptq"``) needs them.
     """
 
     absmax: torch.Tensor
@@ -67,11 +76,14 @@ class CalibrationStats:
     mean: torch.Tensor
     tokens: int
     sample: torch.Tensor | None = None
+    hessian: torch.Tensor | None = None
+    centered_hessian: torch.Tensor | None = None
 
     @classmethod
     def from_activations(cls, x: torch.Tensor, max_sample_tokens: int = 4096,
-                         seed: int = 0) -> CalibrationStats:
-        """Statistics of ``x``: (samples, tokens, channels), or (tokens, channels) for one."""
+                         seed: int = 0, hessian: bool = False) -> CalibrationStats:
+        """Statistics of ``x``: (samples, tokens, channels), or (tokens, channels) for one.
+        ``hessian``: also the two Hessians, from every token of ``x``."""
         x = x.detach().float()
         if x.dim() == 2:
             x = x[None]
@@ -88,12 +100,15 @@ class CalibrationStats:
             sample = x[:, keep]
         else:
             sample = x
+        tokens = x.shape[0] * x.shape[1]
         return cls(
             absmax=x.abs().amax(dim=(0, 1)).cpu(),
             centered_absmax=centered.abs().amax(dim=(0, 1)).cpu(),
             mean=x.mean(dim=(0, 1)).cpu(),
-            tokens=x.shape[0] * x.shape[1],
+            tokens=tokens,
             sample=sample.cpu().clone(),
+            hessian=_hessian(x, tokens) if hessian else None,
+            centered_hessian=_hessian(centered, tokens) if hessian else None,
         )
 
     def merge(self, other: CalibrationStats, max_sample_tokens: int = 4096) -> CalibrationStats:
@@ -106,13 +121,29 @@ class CalibrationStats:
             sample = torch.cat([s[:, :tokens] for s in samples])
             keep = max(1, max_sample_tokens // tokens)
             sample = sample[-keep:] if sample.shape[0] > keep else sample
+        def weighted(a, b):  # a mean over each part's tokens, over all of them (None unless both have it)
+            return None if a is None or b is None else (a * self.tokens + b * other.tokens) / total
+
         return CalibrationStats(
             absmax=torch.maximum(self.absmax, other.absmax),
             centered_absmax=torch.maximum(self.centered_absmax, other.centered_absmax),
             mean=(self.mean * self.tokens + other.mean * other.tokens) / total,
             tokens=total,
             sample=sample,
+            hessian=weighted(self.hessian, other.hessian),
+            centered_hessian=weighted(self.centered_hessian, other.centered_hessian),
         )
+
+
+def _hessian(x: torch.Tensor, tokens: int) -> torch.Tensor:
+    """``2 X^T X / tokens`` of the tokens of ``x`` (..., channels), in float64 on the CPU,
+    accumulated in chunks (bounded extra memory) on ``x``'s device."""
+    rows = x.reshape(-1, x.shape[-1])
+    xtx = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=x.device)
+    for chunk in rows.split(_HESSIAN_CHUNK):
+        chunk = chunk.double()
+        xtx.addmm_(chunk.T, chunk)
+    return xtx.mul_(2.0 / tokens).cpu()
 
 
 class QuantizedGroup(nn.Module):
@@ -159,7 +190,8 @@ class TransformedLinear(QuantizedGroup):
 
     def __init__(self, linears: Sequence[nn.Linear], precision: Precision, *, center: bool,
                  scale: torch.Tensor | None, rotation: HadamardRotation | None,
-                 correction: str = "quantized_token", info: dict | None = None):
+                 correction: str = "quantized_token", info: dict | None = None,
+                 stats: CalibrationStats | None = None):
         super().__init__()
         weight = torch.cat([lin.weight.detach() for lin in linears])
         dtype, device = weight.dtype, weight.device
@@ -184,7 +216,13 @@ class TransformedLinear(QuantizedGroup):
         if rotation is not None:
             folded = self.rotation(folded)  # rows: (W diag(s) R^T)^T = R diag(s) W^T
         folded = folded.to(exact_dtype)
-        if precision.weight_bits is not None:
+        if precision.weight_bits is not None and precision.weight_format != "int":
+            folded = quantize_fp4(folded, precision.weight_format)  # blocks along the input channels
+        elif precision.weight_bits is not None and precision.weight_rounding == "gptq":
+            folded = gptq_quantize_weight(folded, self._gptq_hessian(stats, folded.shape[1], device),
+                                          precision.weight_bits, precision.weight_block,
+                                          symmetric=precision.weight_symmetric, grid=precision.grid)
+        elif precision.weight_bits is not None:
             folded = quantize_weight(folded, precision.weight_bits, precision.weight_block,
                                      precision.weight_symmetric, precision.grid)
         # contiguous: quantize_weight may return a strided view
@@ -194,12 +232,46 @@ class TransformedLinear(QuantizedGroup):
         self.register_buffer("original_weight", weight.clone() if keep_original else None)
         self.use_kernel("auto")
 
+    @property
+    def activation_format(self) -> str:
+        """The activations' number format: "int" (also when they stay in full precision), or FP4."""
+        return "int" if self.precision.activation_bits is None else self.precision.activation_format
+
+    def _gptq_hessian(self, stats: CalibrationStats | None, channels: int, device) -> torch.Tensor:
+        """GPTQ's Hessian of what the folded weight multiplies: ``A H A^T`` with the transform's
+        linear part ``A = R diag(s)^-1`` (H: of the raw tokens; exactly the Hessian of the
+        transformed tokens ``A x``). Centering: the mean token ``A mu`` meets the same quantized
+        weight once per token of its sample (``quantized_token``, ``fp_token``), so a weight's
+        error reaches each output through ``A (x - mu) + A mu = A x``: the raw tokens' Hessian
+        again; only ``correction="exact"`` (W mu in full precision) leaves ``A (x - mu)``, the
+        centred tokens' Hessian."""
+        centred = self.center and self.correction == "exact"
+        hessian = None if stats is None else stats.centered_hessian if centred else stats.hessian
+        if hessian is None:
+            raise UserError("weight_rounding='gptq' needs the Hessian of the layer's input: calibrate with "
+                            "benchmark.calibrate(..., hessian=True), or pass quantize_linear a tensor of "
+                            "calibration activations")
+        if stats.tokens < channels:
+            raise UserError(f"weight_rounding='gptq' over {channels} input channels needs at least {channels} "
+                            f"calibration tokens, only {stats.tokens} seen")
+        if hessian.shape != (channels, channels):
+            raise UserError(f"the calibration Hessian is {tuple(hessian.shape)}, the layer has {channels} "
+                            "input channels")
+        h = hessian.to(device=device, dtype=torch.float64)
+        if self.inv_scale is not None:  # the scales the online part uses
+            inv = self.inv_scale.double()
+            h = h * inv[:, None] * inv[None, :]
+        if self.rotation is not None:  # rotation(M) = M R^T (each row rotated): (H R^T)^T = R H, then R H R^T
+            h = self.rotation(self.rotation(h).T.contiguous())
+        return h
+
     def use_kernel(self, kernel: str) -> TransformedLinear:
         """Run the online part with "torch", "triton" (the fused kernel), "compile" or "auto",
         resolved for the weights' device now, and again for the input's device once the
         module has moved (``model.to("cuda")`` after quantizing on the CPU, CPU offload)."""
         self.requested_kernel = kernel
-        self.kernel, self.kernel_device = resolve_kernel(kernel, self.weight.device), self.weight.device
+        self.kernel = resolve_kernel(kernel, self.weight.device, self.activation_format)
+        self.kernel_device = self.weight.device
         return self
 
     def online(self, x: torch.Tensor, mu: torch.Tensor | None, bits: int | None, *,
@@ -207,9 +279,12 @@ class TransformedLinear(QuantizedGroup):
         """quantize(R diag(s)^-1 (x - mu)): the part of the transform that runs per input.
         ``transient``: the caller is done with the result before the next group runs, so the
         torch path may compute it in the shared ``WORKSPACE``."""
+        fmt = self.activation_format
         if x.device != self.kernel_device:
-            self.kernel, self.kernel_device = resolve_kernel(self.requested_kernel, x.device), x.device
+            self.kernel, self.kernel_device = resolve_kernel(self.requested_kernel, x.device, fmt), x.device
         run = online_function(self.kernel, WORKSPACE if transient else None)
+        if bits is not None and fmt != "int":  # the FP4 quantizer (torch and compiled paths only)
+            return run(x, mu, self.inv_scale, self.rotation, bits, grid=self.precision.grid, fmt=fmt)
         return run(x, mu, self.inv_scale, self.rotation, bits, grid=self.precision.grid)
 
     def forward(self, x: torch.Tensor):
@@ -228,10 +303,13 @@ class TransformedLinear(QuantizedGroup):
         return F.linear(self.online(mu, None, bits), self.weight)
 
     def describe(self) -> dict:
-        out = {"precision": self.precision.name, "center": self.center,
-               "scale": self.inv_scale is not None,
+        p = self.precision
+        out = {"precision": p.name, "format": p.format, "weight_rounding": p.weight_rounding,
+               "center": self.center, "scale": self.inv_scale is not None,
                "rotation": None if self.rotation is None else self.rotation.describe(),
                "kernel": self.kernel}
+        if p.format == "mixed":
+            out.update(weight_format=p.weight_format, activation_format=p.activation_format)
         if self.center:
             out["correction"] = self.correction
         return {**out, **self.info}
@@ -315,7 +393,7 @@ class AffineTransform(Transform):
             raise UserError("the linears of a group must have the same in_features")
         rotation = self._rotation(channels)
         if self.alpha is None:
-            return self._build(linears, precision, None, rotation, {})
+            return self._make(linears, precision, None, rotation, {}, stats)
         if stats is None:
             raise UserError(f"transform {self.name!r} scales channels (alpha={self.alpha!r}) "
                              "and needs calibration statistics")
@@ -325,12 +403,25 @@ class AffineTransform(Transform):
         absmax = (stats.centered_absmax if self.center else stats.absmax).float().cpu()
         if self.alpha != "auto":
             scale = smoothquant_scale(absmax, weight, float(self.alpha))
-            return self._build(linears, precision, scale, rotation, {"alpha": float(self.alpha)})
+            return self._make(linears, precision, scale, rotation, {"alpha": float(self.alpha)}, stats)
         return self._search_alpha(linears, precision, stats, absmax, weight, rotation)
 
-    def _build(self, linears, precision, scale, rotation, info) -> TransformedLinear:
+    def _build(self, linears, precision, scale, rotation, info, stats=None) -> TransformedLinear:
         return TransformedLinear(linears, precision, center=self.center, scale=scale,
-                                 rotation=rotation, correction=self.correction, info=info)
+                                 rotation=rotation, correction=self.correction, info=info, stats=stats)
+
+    def _make(self, linears, precision, scale, rotation, info, stats) -> QuantizedGroup:
+        """``_build``, handing it the statistics (``stats=``) only for GPTQ, which needs their
+        Hessian: a subclass's ``_build(linears, precision, scale, rotation, info)`` written
+        without it keeps working for round-to-nearest, and is refused for GPTQ."""
+        if precision.weight_rounding == "rtn":
+            return self._build(linears, precision, scale, rotation, info)
+        parameters = inspect.signature(self._build).parameters.values()
+        if not any(p.name == "stats" or p.kind is p.VAR_KEYWORD for p in parameters):
+            raise UserError(f"transform {self.name!r} builds its modules without the calibration statistics "
+                            f"(its _build takes no stats=), so it cannot do weight_rounding="
+                            f"{precision.weight_rounding!r}")
+        return self._build(linears, precision, scale, rotation, info, stats=stats)
 
     @torch.no_grad()
     def _search_alpha(self, linears, precision, stats, absmax, weight, rotation):
@@ -341,13 +432,13 @@ class AffineTransform(Transform):
         reference = torch.cat([lin(sample) for lin in linears], dim=-1)
         errors = {}
         for alpha in AUTO_ALPHA_GRID:
-            module = self._build(linears, precision, smoothquant_scale(absmax, weight, alpha),
-                                 rotation, {})
+            module = self._make(linears, precision, smoothquant_scale(absmax, weight, alpha),
+                                rotation, {}, stats)
             out = torch.cat(module(sample), dim=-1)
             errors[alpha] = (out - reference).double().pow(2).mean().item()
         best = min(errors, key=errors.get)
-        return self._build(linears, precision, smoothquant_scale(absmax, weight, best), rotation,
-                           {"alpha": best, "alpha_search": "auto", "alpha_mse": errors[best]})
+        return self._make(linears, precision, smoothquant_scale(absmax, weight, best), rotation,
+                          {"alpha": best, "alpha_search": "auto", "alpha_mse": errors[best]}, stats)
 
 
 def affine(center: bool = False, alpha: float | str | None = None, rotation: str | None = None,

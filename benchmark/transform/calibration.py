@@ -80,10 +80,15 @@ class StatsCollector:
 
     The one recorder: ``collect_part`` uses one per generation batch (``batch`` seeds its
     sample, so the sample is the same for any process count), ``benchmark.calibrate`` one for
-    a whole run of any module."""
+    a whole run of any module.
+
+    ``hessian``: also accumulate each group's two Hessians (``CalibrationStats.hessian``, for
+    GPTQ): two channels x channels float64 matrices per group, however many tokens."""
 
     def __init__(self, groups, max_sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
-                 tokens_per_row: int = DEFAULT_TOKENS_PER_ROW, seed: int = 0, batch: int = 0):
+                 tokens_per_row: int = DEFAULT_TOKENS_PER_ROW, seed: int = 0, batch: int = 0, *,
+                 hessian: bool = False):
+        self.hessian = hessian
         self.stats: dict[str, CalibrationStats | None] = {g.name: None for g in groups}
         self.samples = {g.name: Sample(max_sample_tokens, tokens_per_row, _generator(seed, batch, i))
                         for i, g in enumerate(groups)}
@@ -91,7 +96,7 @@ class StatsCollector:
     def record(self, group, x: torch.Tensor) -> None:
         if x.dim() == 2:
             x = x[None]
-        new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0])
+        new = CalibrationStats.from_activations(x, max_sample_tokens=x.shape[0], hessian=self.hessian)
         new.sample = None  # the Sample keeps the sample
         old = self.stats[group.name]
         self.stats[group.name] = new if old is None else old.merge(new)

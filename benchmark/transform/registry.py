@@ -9,10 +9,9 @@ registers ``TRANSFORMS = {"name": factory, ...}`` (``benchmark.plugins``).
 from __future__ import annotations
 
 import inspect
-import types
-import typing
 from collections.abc import Callable
 
+from benchmark.annotations import conforms, type_name
 from benchmark.errors import UserError
 from benchmark.registry import Entry, Registry
 from benchmark.transform.base import Transform
@@ -103,38 +102,6 @@ def check_parameters(name: str, factory: Callable, params: dict) -> None:
             if default is inspect.Parameter.empty or default is None:
                 continue
             expected = type(default)
-        if not _matches(value, expected):
+        if not conforms(value, expected):
             raise UserError(f"transform {name!r}: {key}={value!r} is a {type(value).__name__}, "
-                             f"expected {_type_name(expected)}")
-
-
-def _matches(value, expected) -> bool:
-    """Whether ``value`` fits ``expected``: a class, a union, Optional, Literal; anything
-    else (Any, generics) is not checked. bool is not an int here, an int is a float."""
-    if expected is typing.Any or expected is inspect.Parameter.empty:
-        return True
-    if expected is None or expected is type(None):
-        return value is None
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, member) for member in typing.get_args(expected))
-    if origin is typing.Literal:
-        return value in typing.get_args(expected)
-    if not isinstance(expected, type):
-        return True
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def _type_name(expected) -> str:
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(member) for member in typing.get_args(expected))
-    if origin is typing.Literal:
-        return " or ".join(map(repr, typing.get_args(expected)))
-    if expected is None or expected is type(None):
-        return "None"
-    return getattr(expected, "__name__", str(expected))
+                             f"expected {type_name(expected)}")

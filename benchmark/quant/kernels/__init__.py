@@ -13,6 +13,12 @@ Hadamard factor, the quantizer's arithmetic), so the kernel matches
 ``torch_transform_quantize(..., compute_dtype=torch.float32)`` and is closer to the exact
 result than the native-dtype torch path. Triton is optional: nothing here imports it until a
 kernel runs.
+
+FP4 activations (``fmt="mxfp4"`` or ``"nvfp4"``, ``quant.formats``): the torch path applies
+``quantize_fp4`` to the transformed tokens (in float32, cast back once), the compiled path
+compiles the transform and applies the same eager ``quantize_fp4``; the fused Triton kernel
+quantizes on the INT grids only, so ``resolve_kernel`` refuses "triton" for FP4 activations
+and "auto" means torch there.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.errors import UserError
+from benchmark.quant.formats import FORMATS, quantize_fp4
 from benchmark.quant.grid import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_quantize, grid_step
 from benchmark.quant.hadamard import HadamardRotation, apply_factors
 from benchmark.quant.kernels.compiled import compile_available, compiled_transform_quantize
@@ -49,14 +56,30 @@ def triton_available() -> bool:
 KERNELS = ("auto", "torch", "triton", "compile")
 
 
-def resolve_kernel(kernel: str, device: torch.device | str) -> str:
+def _check_format(fmt: str, bits: int | None) -> None:
+    if fmt != "int" and fmt not in FORMATS:
+        raise UserError(f"unknown activation format {fmt!r}: use 'int', {' or '.join(map(repr, FORMATS))}")
+    if fmt != "int" and bits is not None and bits != 4:
+        raise UserError(f"{fmt} is a 4-bit format: bits must be 4 (or None), got {bits!r}")
+
+
+def resolve_kernel(kernel: str, device: torch.device | str, fmt: str = "int") -> str:
     """The path the online transform takes on ``device``: "torch", "triton" or "compile".
 
     "auto" is triton on CUDA when triton is installed, torch elsewhere; "compile" is the
     torch path under torch.compile (``kernels.compiled``). A path that cannot run on
-    ``device`` is an error, never a silent fallback."""
+    ``device`` is an error, never a silent fallback. ``fmt``: the activations' number format
+    ("int", or an FP4 format, which the fused kernel does not implement: "triton" is refused,
+    "auto" is torch)."""
     if kernel not in KERNELS:
         raise UserError(f"unknown kernel {kernel!r}: use {', '.join(KERNELS)}")
+    _check_format(fmt, None)
+    if fmt != "int":
+        if kernel == "triton":
+            raise UserError(f"kernel 'triton' cannot quantize {fmt} activations: the fused kernel implements "
+                            "the INT grids only; use kernel 'torch', 'compile' or 'auto' (torch for FP4)")
+        if kernel == "auto":
+            return "torch"
     device = torch.device(device)
     if kernel == "compile":
         ok, why = compile_available(device)
@@ -198,9 +221,11 @@ def torch_transform_quantize(
     grid: str = DEFAULT_GRID,
     compute_dtype: torch.dtype | None = torch.float32,
     workspace: Workspace | None = None,
+    fmt: str = "int",
 ) -> torch.Tensor:
     """The reference, and ``TransformedLinear``'s torch path: centre, scale, rotate, then
-    quantize per token on ``grid``, with the project's torch code.
+    quantize per token on ``grid``, with the project's torch code. ``fmt``: "int" (the
+    ``grid``), or an FP4 block format, "mxfp4" or "nvfp4" (``quantize_fp4``; ``bits`` 4).
 
     Computes in ``compute_dtype`` (float32 by default: x, mu and inv_scale are upcast, the
     result is cast back to x's dtype once, the fused kernel's numerics); None computes in
@@ -208,6 +233,7 @@ def torch_transform_quantize(
     After the first step every operation works in place on one buffer of its own: the
     ``workspace``'s when given (then the result may be one of its buffers, valid until its
     next use), else new ones. The same operations either way, so the same bits."""
+    _check_format(fmt, bits)
     dtype = x.dtype
     if compute_dtype is not None and dtype != compute_dtype:
         x = x.to(compute_dtype)
@@ -231,7 +257,9 @@ def torch_transform_quantize(
     if factors is not None:
         h = apply_factors(h, factors, None, rotation.block, spare=spare,
                           inplace=h is not x and not recording and h.is_contiguous())
-    if bits is not None:
+    if bits is not None and fmt != "int":
+        h = quantize_fp4(h, fmt)  # in the compute dtype, like the INT grids; a new tensor
+    elif bits is not None:
         _check_bits(bits)
         h = fake_quantize(h, bits, grid, inplace=h is not x)  # new tensors while autograd records
     return h.to(dtype)

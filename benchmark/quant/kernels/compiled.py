@@ -6,7 +6,9 @@ CPU, Triton on a GPU. The elementwise steps (centre, scale, signs, the quantizer
 a few passes; the Hadamard factors stay matmuls. Numerics: float32 compute whatever the
 input dtype, as the torch path and the fused kernel; tests/test_kernels.py checks it
 against the torch path (bit-identical in fp32 on the CPU) and ``microbench --roofline``
-times it.
+times it. FP4 activations (``fmt``): the transform is compiled, the FP4 quantizer
+(``quant.formats.quantize_fp4``, which works on bit views in place) runs eagerly on its float32
+result, so the bits are the torch path's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import torch
 
 from benchmark.errors import UserError
+from benchmark.quant.formats import FORMATS, quantize_fp4
 from benchmark.quant.grid import DEFAULT_GRID, GRIDS, _check_bits, fake_quantize
 from benchmark.quant.hadamard import HadamardRotation, apply_factors
 
@@ -83,10 +86,15 @@ def compiled_transform_quantize(
     bits: int | None = None,
     *,
     grid: str = DEFAULT_GRID,
+    fmt: str = "int",
 ) -> torch.Tensor:
     """quantize(R diag(inv_scale) (x - mu)) per token, compiled; arguments as
     ``torch_transform_quantize``."""
-    if bits is not None:
+    if fmt != "int" and fmt not in FORMATS:
+        raise UserError(f"unknown activation format {fmt!r}: use 'int', {' or '.join(map(repr, FORMATS))}")
+    if fmt != "int" and bits is not None and bits != 4:
+        raise UserError(f"{fmt} is a 4-bit format: bits must be 4 (or None), got {bits!r}")
+    if bits is not None and fmt == "int":
         _check_bits(bits)
     if grid not in GRIDS:
         raise UserError(f"unknown grid {grid!r}: use {' or '.join(GRIDS)}")
@@ -98,4 +106,7 @@ def compiled_transform_quantize(
         # so one compiled graph serves every rotation of a shape)
         factors, signs = rotation._cast_like(torch.empty(0, dtype=torch.float32, device=x.device))
         factors, block = tuple(factors), rotation.block
+    if bits is not None and fmt != "int":  # transform in float32, then the eager FP4 quantizer; cast once
+        h = _compiled()(x.float(), None if mu is None else mu.float(), inv_scale, factors, signs, block, None, grid)
+        return quantize_fp4(h, fmt).to(x.dtype)
     return _compiled()(x, mu, inv_scale, factors, signs, block, bits, grid)
