@@ -26,9 +26,11 @@ def command(args) -> int:
     print("\nMetrics (--metrics):\n")
     rows = [(e.name, e.value.description if e.value else f"BROKEN: {e.error}") for e in METRICS.entries().values()]
     print(tabulate(rows, headers=["metric", "description"], tablefmt="github"))
-    print(f"\nRoles (--roles): {', '.join(ROLES)}; blocks (--blocks): e.g. 0-3 or 0,2")
+    print(f"\nRoles (--roles) of the default family, pixart: {', '.join(ROLES)} (another family's: its row "
+          "above); blocks (--blocks): e.g. 0-3 or 0,2")
     print("\nPrecisions: fp, w<b>a<b>, a<b> (activations only), w<b> (weights only), 2 to 8 bits "
-          "each (e.g. w4a4, w6a6, w4a8, a4, w4)")
+          "each (e.g. w4a4, w6a6, w4a8, a4, w4); the 4-bit float formats mxfp4 and nvfp4 for both "
+          "sides or in place of one side's bits (e.g. wmxfp4a8)")
     return 0
 
 
