@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from benchmark.errors import UserError
 from benchmark.logs import get_logger
 
-__all__ = ["MetricResult", "PerSampleScore", "PerSampleScorer", "image_batch", "logger"]
+__all__ = ["MetricResult", "PerSampleScore", "PerSampleScorer", "image_batch", "image_tensor", "logger"]
 
 logger = get_logger("metrics")
 
@@ -46,13 +46,9 @@ class MetricResult:
                    data.get("reason"), dict(data.get("details") or {}))
 
 
-def image_batch(images, metric: str):
-    """Images as a float tensor (B, 3, H, W) in [0, 1].
-
-    Takes a tensor (B, 3, H, W), float in [0, 1] or uint8, or a list of PIL images of one
-    size (what a diffusers pipeline returns). Out-of-range floats are an error rather than
-    clamped: they mean the caller forgot to map the decoder's [-1, 1] output.
-    """
+def image_tensor(images, metric: str):
+    """A tensor (B, 3, H, W) as given, or a list of PIL images of one size stacked as uint8;
+    anything else is a one-line error naming ``metric``."""
     import torch
 
     if isinstance(images, (list, tuple)):
@@ -66,7 +62,20 @@ def image_batch(images, metric: str):
         images = torch.stack(tensors)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise UserError(f"{metric}: expected images (B, 3, H, W) or a list of PIL images, "
-                         f"got {getattr(images, 'shape', type(images).__name__)}")
+                        f"got {getattr(images, 'shape', type(images).__name__)}")
+    return images
+
+
+def image_batch(images, metric: str):
+    """Images as a float tensor (B, 3, H, W) in [0, 1].
+
+    Takes a tensor (B, 3, H, W), float in [0, 1] or uint8, or a list of PIL images of one
+    size (what a diffusers pipeline returns). Out-of-range floats are an error rather than
+    clamped: they mean the caller forgot to map the decoder's [-1, 1] output.
+    """
+    import torch
+
+    images = image_tensor(images, metric)
     if images.dtype == torch.uint8:
         return images.float() / 255
     images = images.detach().float()

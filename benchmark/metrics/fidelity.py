@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 
 from benchmark.errors import UserError
-from benchmark.metrics.base import MetricResult
+from benchmark.metrics.base import MetricResult, image_tensor
 from benchmark.metrics.registry import Metric, MetricSpec
 
 __all__ = ["PSNR", "SSIM", "FidelityScorer", "Psnr", "Ssim", "psnr_db", "ssim", "to_uint8"]
@@ -48,19 +48,7 @@ def to_uint8(images, metric: str = "images") -> torch.Tensor:
     list of PIL images of one size. Floats outside [0, 1] or not finite are an error, not
     clamped: they mean the caller forgot to map the decoder's [-1, 1] output.
     """
-    if isinstance(images, (list, tuple)):
-        from torchvision.transforms.functional import pil_to_tensor
-
-        if not images:
-            raise UserError(f"{metric}: no images")
-        tensors = [pil_to_tensor(image.convert("RGB")) for image in images]
-        if len({t.shape for t in tensors}) > 1:
-            raise UserError(f"{metric}: images in one batch must share one size")
-        images = torch.stack(tensors)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        raise UserError(f"{metric}: expected images (B, 3, H, W) or a list of PIL images, "
-                         f"got {getattr(images, 'shape', type(images).__name__)}")
-    images = images.detach().cpu()
+    images = image_tensor(images, metric).detach().cpu()
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():
