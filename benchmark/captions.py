@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.errors import UserError
+from benchmark.fileio import parse_bounded
 
 SOURCES = ("coco", "embedded", "file")
 SPLITS = ("calibration", "evaluation")
@@ -193,16 +194,7 @@ def _normalise(text: str) -> str:
 
 
 def _load_lines(path: Path, prefix: str, split: str | None = None) -> list[Caption]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: caption file not found") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read caption file ({error.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    text = parse_bounded(path, "caption file", str)
     captions = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
@@ -216,17 +208,15 @@ def _load_lines(path: Path, prefix: str, split: str | None = None) -> list[Capti
 def _load_coco_file(path: Path) -> list[Caption]:
     from pycocotools.coco import COCO
 
-    if not path.is_file():
-        raise UserError(f"{path}: COCO annotations file not found")
+    document = parse_bounded(path, "COCO annotations file", json.loads, syntax="JSON",
+                             errors=(json.JSONDecodeError,))
+    if not isinstance(document, dict):
+        raise UserError(f"{path}: not a COCO annotations file (top level is not a JSON object)")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            coco = COCO(str(path))
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
-    except AssertionError:  # pycocotools asserts that the top level is an object
-        raise UserError(f"{path}: not a COCO annotations file (top level is not a JSON object)") from None
+            coco = COCO()
+            coco.dataset = document
+            coco.createIndex()
     except (KeyError, TypeError) as error:  # pycocotools indexes entries without checking them
         raise UserError(f"{path}: not a COCO annotations file (an entry lacks {error})") from None
     annotations = coco.dataset.get("annotations")

@@ -18,8 +18,11 @@ from pathlib import Path
 
 from benchmark.errors import UserError
 
-__all__ = ["Each", "OptionalKey", "check", "check_output_path", "read_json", "sha256_file", "write_atomic",
-           "write_json"]
+__all__ = ["MAX_DEPTH", "Each", "Key", "OptionalKey", "check", "check_output_path", "parse_bounded", "read_json",
+           "schema_rows", "sha256_file", "sweep_temporaries", "write_atomic", "write_json"]
+
+MAX_DEPTH = 64  # no file hadabench reads nests deeper; a deeper one is refused before it is used
+MAX_BYTES = 1 << 30  # 1 GiB: larger than any results file or caption file (COCO train: 90 MB)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -65,7 +68,8 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], object])
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
         # the temporary name is short: a target name near the 255-byte limit must still work
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
+        # the writer's pid in the name: a temporary file of a killed writer is known as such
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.{os.getpid()}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             if callable(data):
                 data(Path(tmp))
@@ -82,6 +86,34 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], object])
         if tmp is not None:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink(missing_ok=True)
+
+
+def sweep_temporaries(folder: str | Path, recursive: bool = False) -> int:
+    """Remove the temporary files that writers killed mid-write left in ``folder`` (``kill -9``
+    leaves no chance to clean up): those of ``write_atomic`` whose writer process is gone.
+    Returns how many were removed."""
+    removed = 0
+    folder = Path(folder)
+    try:
+        candidates = list(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"))
+    except OSError:
+        return 0
+    for path in candidates:
+        parts = path.name.rsplit(".", 3)  # "", name, pid, random.tmp -> [..., pid, "XXXX", "tmp"]
+        pid = parts[-3] if len(parts) == 4 else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer is still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # someone else's process
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def _probe(path: Path, test: str) -> bool:
@@ -147,18 +179,23 @@ def write_json(path: str | Path, document: dict) -> None:
 
 # -- reading: every file another process or person wrote is checked before it is used --
 
-class OptionalKey:
-    """A key that may be absent (in a ``{key: spec}`` object spec)."""
+class Key:
+    """A key that must be present (in a ``{key: spec}`` object spec), with what it means: the
+    documentation of a file's fields is generated from these (``schema_rows``)."""
 
-    def __init__(self, spec):
-        self.spec = spec
+    def __init__(self, spec, doc: str = ""):
+        self.spec, self.doc = spec, doc
+
+
+class OptionalKey(Key):
+    """A key that may be absent (in a ``{key: spec}`` object spec)."""
 
 
 class Each:
-    """An object whose values all match ``spec`` (keys: any string)."""
+    """An object whose values all match ``spec`` (keys: any string; ``key``: what a key names)."""
 
-    def __init__(self, spec):
-        self.spec = spec
+    def __init__(self, spec, key: str = "name"):
+        self.spec, self.key = spec, key
 
 
 def _describe(spec) -> str:
@@ -172,7 +209,11 @@ def _describe(spec) -> str:
     if isinstance(spec, tuple):
         return " or ".join(_describe(s) for s in spec)
     if isinstance(spec, list):
-        return f"a list of {_describe(spec[0])}"
+        plural = {str: "strings", int: "integers", float: "numbers", dict: "objects", bool: "booleans"}
+        inner = spec[0]
+        if isinstance(inner, type) and inner in plural:
+            return f"a list of {plural[inner]}"
+        return f"a list (each {_describe(inner)})"
     return "an object"
 
 
@@ -207,7 +248,7 @@ def check(value, spec, where: str = "") -> None:
                 if not isinstance(sub, OptionalKey):
                     raise UserError(f"{place} is missing")
                 continue
-            check(value[key], sub.spec if isinstance(sub, OptionalKey) else sub, place)
+            check(value[key], sub.spec if isinstance(sub, Key) else sub, place)
         return
     if isinstance(spec, list):
         if not isinstance(value, list):
@@ -219,14 +260,17 @@ def check(value, spec, where: str = "") -> None:
         ok = isinstance(value, str) and value in spec
     elif spec is None or spec is type(None):
         ok = value is None
-    elif spec is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif spec is float:  # an integer too large for a float (400 digits) is no number either
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _LARGEST
     elif spec is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
         ok = isinstance(value, spec)
     if not ok:
         raise UserError(f"{where} is {_short(value)}, not {_describe(spec)}")
+
+
+_LARGEST = 1.7976931348623157e308
 
 
 def _short(value) -> str:
@@ -237,19 +281,79 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def read_json(path: str | Path, spec, what: str) -> dict:
-    """A JSON file checked against ``spec``; anything wrong with it is one ValueError line."""
+def _depth_at_most(document, limit: int) -> bool:
+    """Whether ``document`` nests at most ``limit`` deep (iteratively: no recursion to exhaust)."""
+    stack = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return True
+
+
+def parse_bounded(path: str | Path, what: str, parse: Callable[[str], object], *, syntax: str = "",
+                  max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH, errors: tuple = ()):
+    """Read a text file and parse it, bounded before anything else looks at it: at most
+    ``max_bytes`` (checked before reading), UTF-8, nested at most ``max_depth`` deep (a parser's
+    own recursion limit is met as the same error). Anything wrong is one ``UserError`` naming the
+    file; ``errors``: the parser's own exception types, reported as "not a valid <what>"."""
     path = Path(path)
+    shown = _shown(path)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if path.is_dir():
+            raise UserError(f"{shown}: cannot read it (a folder, not a {what})")
+        if size > max_bytes:
+            raise UserError(f"{shown}: {size:,} bytes, more than a {what} may hold ({max_bytes:,})")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: no such {what}") from None
+        raise UserError(f"{shown}: no such {what} (not found)") from None
     except OSError as error:
-        raise UserError(f"{path}: cannot read it ({error.strerror or error})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise UserError(f"{path}: not a {what} (invalid JSON: {error})") from None
+        raise UserError(f"{shown}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{shown}: not a {what} (not UTF-8 text: byte {error.start})") from None
+    try:
+        document, deep = parse(text), False
+    except RecursionError:
+        document, deep = None, True
+    except errors as error:
+        raise UserError(f"{shown}: not a {what} (invalid {syntax}: {' '.join(str(error).split())})") from None
+    if deep or not _depth_at_most(document, max_depth):
+        raise UserError(f"{shown}: not a {what}: nested deeper than {max_depth} levels")
+    return document
+
+
+def read_json(path: str | Path, spec, what: str, max_bytes: int = MAX_BYTES) -> dict:
+    """A JSON file, bounded (``parse_bounded``) and checked against ``spec``; anything wrong with
+    it is one ``UserError`` line that names the file and the field."""
+    document = parse_bounded(path, what, json.loads, syntax="JSON", max_bytes=max_bytes,
+                             errors=(json.JSONDecodeError,))
     try:
         check(document, spec)
     except ValueError as error:
-        raise UserError(f"{path}: not a valid {what}: {error}") from None
+        raise UserError(f"{_shown(path)}: not a valid {what}: {error}") from None
     return document
+
+
+def schema_rows(spec, where: str = "") -> list[tuple[str, str, str]]:
+    """(path, type, meaning) for every documented key of ``spec``, in order: the reference table
+    of a file's fields (docs/results-schema.md is generated from it). ``<name>`` stands for a key
+    of a free-keyed object and ``[]`` for the items of a list."""
+    rows = []
+    spec = spec.spec if isinstance(spec, Key) else spec
+    if isinstance(spec, tuple):  # the alternatives' structure: the first object or list among them
+        spec = next((s for s in spec if isinstance(s, (dict, Each, list))), spec)
+    if isinstance(spec, Each):
+        return schema_rows(spec.spec, f"{where}.<{spec.key}>")
+    if isinstance(spec, list):
+        return schema_rows(spec[0], f"{where}[]")
+    if isinstance(spec, dict):
+        for key, sub in spec.items():
+            place = f"{where}.{key}" if where else key
+            inner = sub.spec if isinstance(sub, Key) else sub
+            kind = _describe(inner) + (" (optional)" if isinstance(sub, OptionalKey) else "")
+            rows.append((place, kind, sub.doc if isinstance(sub, Key) else ""))
+            rows.extend(schema_rows(inner, place))
+    return rows

@@ -2,6 +2,8 @@
 
 - docs/running.md, between ``<!-- options:begin -->`` and ``<!-- options:end -->``: the run
   option table, from ``RunConfig``'s options (``benchmark.run.config.options_table``).
+- docs/results-schema.md, between ``<!-- schema:begin -->`` and ``<!-- schema:end -->``: every key
+  of results.json, from ``RESULTS`` (``benchmark.results.schema.schema_table``).
 
 tests/test_readme.py fails when a generated section differs from what this would write.
 """
@@ -11,10 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from benchmark.results.schema import schema_table
 from benchmark.run.config import options_table
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {ROOT / "docs" / "running.md": {"options": options_table}}
+SECTIONS = {ROOT / "docs" / "running.md": {"options": options_table},
+            ROOT / "docs" / "results-schema.md": {"schema": schema_table}}
 
 
 def replace_section(text: str, name: str, body: str) -> str:

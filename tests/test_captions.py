@@ -151,7 +151,7 @@ def test_split_larger_than_the_source_is_an_error(coco_file, coco):
 # --- bad input ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content, fragment", [
-    (b'{"annotations": [', "malformed JSON"),
+    (b'{"annotations": [', "invalid JSON"),
     (b"[1, 2]", "not a COCO annotations file"),
     (b'{"images": []}', "no 'annotations' list"),
     (b'{"annotations": [{"id": 1, "image_id": 2, "bbox": [0, 0, 1, 1]}]}', "not a COCO captions file"),

@@ -21,11 +21,13 @@ import json
 import os
 import re
 import subprocess
+import sys
 import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.cli import main
 from benchmark.errors import UserError
@@ -253,7 +255,7 @@ def hostile(document: dict, offset: int = 0, spec=None) -> dict:
     value is rewritten, and so is every key of a free-keyed object (``Each``) or a key that
     another field names (a role, a column, a precision), consistently: one string, one payload.
     The n-th string gets payload n + ``offset``: over all offsets, every field gets every payload."""
-    from benchmark.fileio import Each, OptionalKey
+    from benchmark.fileio import Each, Key
     from benchmark.metrics.registry import metric_specs
     from benchmark.results.schema import RESULTS
 
@@ -279,7 +281,7 @@ def hostile(document: dict, offset: int = 0, spec=None) -> dict:
         return mapping[text]
 
     def unwrap(sub):
-        return sub.spec if isinstance(sub, OptionalKey) else sub
+        return sub.spec if isinstance(sub, Key) else sub
 
     def pinned(value: str, sub) -> bool:
         options = sub if isinstance(sub, tuple) else (sub,)
@@ -661,3 +663,298 @@ def test_the_commands_refuse_to_write_over_their_input(tmp_path, embedded_run, c
     line = one_line_error(capsys, main([a.format(run=run, root=tmp_path) for a in argv]))
     assert "destroy" in line or "is a folder" in line
     assert {p: sha256_file(p) for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+# == 4. a validating reader for every file kind ====================================================
+
+WRONG = [[1, 2], {"x": 1}, "text", 10**400, None, -1.5, True]
+
+
+def _schema_paths(spec, where=()):
+    """Every path the results schema names (``Each`` keys and list items stand for their first)."""
+    from benchmark.fileio import Each, Key
+
+    spec = spec.spec if isinstance(spec, Key) else spec
+    if isinstance(spec, tuple):
+        spec = next((s for s in spec if isinstance(s, (dict, Each, list))), None)
+    if isinstance(spec, dict):
+        for key, sub in spec.items():
+            yield (*where, key)
+            yield from _schema_paths(sub, (*where, key))
+    elif isinstance(spec, Each):
+        yield from _schema_paths(spec.spec, (*where, Each))
+    elif isinstance(spec, list):
+        yield from _schema_paths(spec[0], (*where, 0))
+
+
+def _document_paths(node, where=()):
+    """Every path of a document (the first key of each free-keyed object, the first item of a list)."""
+    items = list(node.items()) if isinstance(node, dict) else [(0, node[0])] if isinstance(node, list) and node else []
+    free = where and where[-1] in ("cells", "per_sample", "groups", "metric_setup", "metrics", "grids", "tolerance")
+    for key, value in items[:1] if free else items:
+        yield (*where, key)
+        yield from _document_paths(value, (*where, key))
+
+
+def _place(document, path, value) -> bool:
+    """``document`` with ``value`` at ``path`` (``Each``: the first key there); False when a parent
+    is missing or not a container."""
+    from benchmark.fileio import Each
+
+    node = document
+    for i, key in enumerate(path):
+        if key is Each:
+            if not isinstance(node, dict) or not node:
+                return False
+            key = next(iter(node))
+        last = i == len(path) - 1
+        if isinstance(node, dict) and (last or key in node):
+            if last:
+                node[key] = value
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            if last:
+                node[key] = value
+            node = node[key]
+        else:
+            return False
+    return True
+
+
+@functools.cache
+def _small_results() -> str:
+    document = committed(EMBEDDED)
+    document["cells"] = dict(list(document["cells"].items())[:2])
+    return json.dumps(document)
+
+
+def _field_cases():
+    """(path, wrong value): every field of the document and of the schema, each with a value of
+    another type (a 400-digit integer among them), cycling through ``WRONG``."""
+    from benchmark.results.schema import RESULTS
+
+    document = json.loads(_small_results())
+    paths = list(dict.fromkeys([*_document_paths(document), *_schema_paths(RESULTS)]))
+    return [(path, WRONG[i % len(WRONG)]) for i, path in enumerate(paths)]
+
+
+def _path_id(path) -> str:
+    return ".".join("*" if not isinstance(k, (str, int)) else str(k) for k in path)
+
+
+READERS = [
+    lambda run, base, out: ["leaderboard", str(run), "-o", str(out)],
+    lambda run, base, out: ["check", str(run), "--baseline", str(base)],
+    lambda run, base, out: ["compare", str(base), str(run)],
+    lambda run, base, out: ["power", str(run / "results.json")],
+]
+
+
+@pytest.mark.parametrize("path, wrong", _field_cases(), ids=lambda v: _path_id(v) if isinstance(v, tuple) else None)
+def test_a_wrong_type_at_any_field_is_read_or_refused_in_one_line(tmp_path, capsys, path, wrong):
+    """Every reader of results files (leaderboard, check, compare, power), given a file with one
+    field of the wrong type: it works (a field that is only printed) or refuses in one line naming
+    the file; never a traceback. The schema's own paths are included, so a field is covered the
+    day it is added to ``RESULTS``."""
+    document = json.loads(_small_results())
+    if not _place(document, path, wrong):
+        pytest.skip("a field inside an optional object that this document does not have")
+    base, run = tmp_path / "base", tmp_path / "run"
+    base.mkdir(), run.mkdir()
+    (base / "results.json").write_text(_small_results())
+    (run / "results.json").write_text(json.dumps(document))
+    for reader in READERS:
+        code = main(reader(run, base, tmp_path / "out.md"))
+        if code == 2:
+            line = one_line_error(capsys, code)
+            assert "results" in line or str(run) in line, line
+        else:
+            assert code in (0, 1), code  # 1: check found a regression, compare a difference
+            capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind, name, text", [
+    ("results", "results.json", "[" * 100_000 + "]" * 100_000),
+    ("results", "results.json", '{"a":' * 200 + "1" + "}" * 200),
+    ("config", "config.toml", "a = " + "[" * 600 + "]" * 600),
+    ("config", "config.toml", "".join(f"[{'.'.join(['t'] * 80)}]\n")),
+    ("coco", "captions.json", "[" * 100_000 + "]" * 100_000),
+])
+def test_a_nesting_bomb_is_one_line_for_every_parser(tmp_path, capsys, kind, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    argv = {"results": ["power", str(path)],
+            "config": ["run", "--config", str(path), "--out", str(tmp_path / "out")],
+            "coco": ["run", "--captions", "coco", "--coco-annotations", str(path), "--out", str(tmp_path / "out")]}
+    line = one_line_error(capsys, main(argv[kind]))
+    assert str(path) in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_larger_than_its_kind_may_be_is_refused_before_it_is_read(tmp_path):
+    from benchmark.fileio import read_json
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"x": "y" * 2000}))
+    with pytest.raises(UserError, match=r"bytes, more than a results file may hold \(1,000\)"):
+        read_json(path, dict, "results file", max_bytes=1000)
+
+
+def test_the_writer_checks_what_it_writes_against_the_same_schema(tmp_path):
+    from benchmark.run.folder import RunFolder
+
+    document = json.loads(_small_results())
+    RunFolder(tmp_path).write_results(document)  # what hadabench wrote reads back
+    assert read_results(tmp_path) == document
+    del next(iter(document["cells"].values()))["status"]
+    with pytest.raises(AssertionError, match=r"invalid results document: cells\[.*\]\.status is missing"):
+        RunFolder(tmp_path).write_results(document)
+
+
+def test_the_schema_reference_in_the_docs_is_generated_from_the_schema():
+    from benchmark.results.schema import RESULTS, schema_table
+
+    text = (ROOT / "docs" / "results-schema.md").read_text(encoding="utf-8")
+    assert schema_table() in text
+    assert "| `cells.<precision/label>.metrics.<metric key>.value` |" in schema_table()
+    assert all(f"| `{key}` |" in text for key in RESULTS)
+
+
+# == 5. resume after damage: kill -9 anywhere, a damaged file anywhere ============================
+
+TINY = ["run", "--calib-size", "2", "--eval-size", "2", "--steps", "3", "--metrics", "sqnr,psnr", "--device", "cpu",
+        "--precisions", "w4a4", "--transforms", "none,quarot"]
+# where the process is killed: the n-th atomic rename onto a path that ends so (the file is then
+# complete in its temporary name and absent, or old, under its own)
+KILL_POINTS = {"reference": ("reference.safetensors", 1), "calibration": (".json", 1), "cell": ("01.png", 2)}
+_KILLER = """
+import os, signal, sys
+from pathlib import Path
+ending, nth = sys.argv[1], int(sys.argv[2])
+seen, replace = [0], os.replace
+def killing(src, dst, *a, **k):
+    name = str(dst)
+    if name.endswith(ending) and (ending != ".json" or Path(name).name.startswith("calibration-")):
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst, *a, **k)
+os.replace = killing
+from benchmark.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _tiny(out: Path, cache: Path) -> list[str]:
+    return [*TINY, "--out", str(out), "--cache-dir", str(cache)]
+
+
+def _outcome(out: Path) -> tuple:
+    """What must not change: every cell's per-caption values and every image's bytes."""
+    cells = read_results(out)["cells"]
+    values = {key: (cell["status"], cell.get("per_sample")) for key, cell in cells.items()}
+    images = {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
+    return values, images
+
+
+@pytest.fixture(scope="module")
+def finished_tiny(tmp_path_factory) -> Path:
+    """A finished tiny run (``run/``) and its calibration cache (``cache/``), never changed."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    assert main(_tiny(root / "run", root / "cache")) == 0
+    return root
+
+
+@pytest.fixture
+def uninterrupted(finished_tiny) -> tuple:
+    return _outcome(finished_tiny / "run")
+
+
+@pytest.fixture
+def tiny_copy(finished_tiny, tmp_path) -> tuple[Path, Path]:
+    import shutil
+
+    for name in ("run", "cache"):
+        shutil.copytree(finished_tiny / name, tmp_path / name)
+    return tmp_path / "run", tmp_path / "cache"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_9_anywhere_then_resume_gives_the_same_numbers_and_bytes(tmp_path, uninterrupted, point):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    ending, nth = KILL_POINTS[point]
+    killed = subprocess.run([sys.executable, "-c", _KILLER, ending, str(nth), *_tiny(out, cache)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert main(_tiny(out, cache)) == 0
+    assert _outcome(out) == uninterrupted
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # the killed write's temporary file: cleared
+
+
+def _damage_reference(out, cache, how):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = out / "reference.safetensors"
+    with safe_open(path, "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    if how == "one caption short":
+        tensors = {k: v[:1].contiguous() for k, v in tensors.items()}
+    else:
+        tensors["latents"] = torch.full_like(tensors["latents"], float("nan"))
+    save_file(tensors, str(path), metadata=metadata)  # the key intact: only the contents lie
+
+
+def _damage_cache(out, cache, how):
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    meta_path = next(cache.glob("calibration-*.json"))
+    tensor_path = meta_path.with_suffix(".safetensors")
+    tensors = load_file(tensor_path)
+    name = next(k for k in tensors if k.endswith("/mean"))
+    tensors[name] = tensors[name][:-1].contiguous() if how == "wrong shape" else tensors[name] * float("nan")
+    save_file(tensors, str(tensor_path))
+    meta = json.loads(meta_path.read_text())
+    meta["tensors_sha256"] = hashlib.sha256(tensor_path.read_bytes()).hexdigest()  # its checksum updated
+    meta_path.write_text(json.dumps(meta))
+
+
+def _damage_image(out, cache, how):
+    image = out / "images" / "w4a4" / "quarot" / "01.png"
+    image.unlink() if how == "deleted" else image.write_bytes(image.read_bytes()[:200])
+
+
+DAMAGES = [(_damage_reference, "one caption short", "reference: .* is damaged"),
+           (_damage_reference, "all NaN", "reference: .* is damaged"),
+           (_damage_cache, "wrong shape", "calibration cache .*: group .*: mean of shape"),
+           (_damage_cache, "NaN", "calibration cache .*: group .*: mean holds values that are not finite"),
+           (_damage_image, "deleted", "w4a4/quarot: done before, but 1 of its 2 images missing"),
+           (_damage_image, "truncated", "w4a4/quarot: done before, but 01.png unreadable")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, how, note", DAMAGES, ids=[f"{d.__name__[8:]}: {h}" for d, h, _ in DAMAGES])
+def test_a_damaged_file_is_recomputed_and_the_rest_is_bit_identical(tiny_copy, uninterrupted, caplog, damage, how,
+                                                                   note):
+    out, cache = tiny_copy
+    damage(out, cache, how)
+    with caplog.at_level("INFO", logger="benchmark"):
+        assert main(_tiny(out, cache)) == 0
+    assert re.search(note, caplog.text), caplog.text[-3000:]
+    assert _outcome(out) == uninterrupted
+
+
+@pytest.mark.slow
+def test_truncated_results_are_refused_in_one_line_and_kept(tiny_copy, capsys):
+    out, cache = tiny_copy
+    results = out / "results.json"
+    results.write_bytes(results.read_bytes()[:500])
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    capsys.readouterr()
+    line = one_line_error(capsys, main(_tiny(out, cache)))
+    assert "results.json: not a results file (invalid JSON" in line
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before

@@ -39,7 +39,7 @@ def test_config_layers(tmp_path):
     ('captions = "imagenet"\n', "unknown caption source"),
     ('metrics = ["fid"]\n', "unknown metric 'fid'"),
     ("steps = 0\n", "steps must be a positive integer"),
-    ("steps = [\n", "not valid TOML"),
+    ("steps = [\n", "invalid TOML"),
 ])
 def test_bad_config(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -112,7 +112,7 @@ def test_a_failing_plugin_fails_only_its_cell(tmp_path, capsys):
     (["--metrics", "sqnr,fid"], "unknown metric 'fid'"),
     (["--precisions", "w4a9"], "precision"),
     (["--transforms", "hadanorm(alpha=2)"], "alpha"),
-    (["--captions", "file", "--caption-file", "/nonexistent/captions.txt"], "caption file not found"),
+    (["--captions", "file", "--caption-file", "/nonexistent/captions.txt"], "no such caption file"),
     (["--eval-size", "100000"], "larger than the source"),
     (["--steps", "5"], "another configuration"),  # resuming a different configuration
     (["--config", "BAD_TOML"], "unknown configuration key 'stepz'"),

@@ -23,7 +23,7 @@ import torch
 
 from benchmark.captions import load_captions
 from benchmark.errors import UserError
-from benchmark.fileio import Each, OptionalKey, read_json, sha256_file, write_atomic
+from benchmark.fileio import Each, OptionalKey, read_json, sha256_file, sweep_temporaries, write_atomic
 from benchmark.logs import get_logger
 from benchmark.quant import numerics
 from benchmark.run.distributed import Processes
@@ -131,8 +131,31 @@ def _computed_on(model) -> dict:
     return {"device": device, **{k: paths[k] for k in ("aten_cpu_capability", "mkl_cbwr", "mkldnn", "threads")}}
 
 
-def _read_cache(base: Path, payload: dict) -> dict[str, CalibrationStats]:
-    """The cached statistics, or a ValueError saying why the cache cannot be used."""
+def _stats_damage(stats: CalibrationStats, channels: int) -> str | None:
+    """What is wrong with cached statistics whose key and checksum match (written by hand, or
+    damaged with the checksum updated), or None: each vector has the group's channels, the
+    sample (samples, tokens, channels), the Hessians channels x channels, all finite, a positive
+    token count. Trusted, such a cache would fail the next cell and blame its transform."""
+    if stats.tokens <= 0:
+        return f"{stats.tokens} tokens"
+    shapes = {"absmax": (channels,), "centered_absmax": (channels,), "mean": (channels,),
+              "hessian": (channels, channels), "centered_hessian": (channels, channels)}
+    for name, shape in shapes.items():
+        tensor = getattr(stats, name)
+        if tensor is not None and tuple(tensor.shape) != shape:
+            return f"{name} of shape {tuple(tensor.shape)}, not {shape}"
+    if stats.sample is not None and (stats.sample.dim() != 3 or stats.sample.shape[-1] != channels):
+        return f"sample of shape {tuple(stats.sample.shape)}, not (samples, tokens, {channels})"
+    for name in ("absmax", "centered_absmax", "mean", "sample", "hessian", "centered_hessian"):
+        tensor = getattr(stats, name)
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds values that are not finite"
+    return None
+
+
+def _read_cache(base: Path, payload: dict, channels: dict[str, int]) -> dict[str, CalibrationStats]:
+    """The cached statistics, checked against the groups' ``channels``, or a ValueError saying
+    why the cache cannot be used."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -154,6 +177,9 @@ def _read_cache(base: Path, payload: dict) -> dict[str, CalibrationStats]:
             stats[name] = CalibrationStats(tokens=int(meta["tokens"][name]), **fields)
         except KeyError as error:
             raise UserError(f"no entry {error} for group {name}") from None
+        damage = _stats_damage(stats[name], channels[name])
+        if damage:
+            raise UserError(f"group {name}: {damage}")
     return stats
 
 
@@ -197,9 +223,11 @@ def calibrate(model, captions: Sequence[str], seed: int = 0, steps: int = 20,
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     base = Path(cache_dir or ".") / f"calibration-{key}"
     status, cached = "miss", None
+    if processes.is_main and cache_dir is not None:
+        sweep_temporaries(base.parent)  # a killed collection's half-written cache files
     if processes.is_main and cache_dir is not None and base.with_suffix(".json").exists():
         try:
-            cached = _read_cache(base, payload)
+            cached = _read_cache(base, payload, {g.name: g.in_features for g in model.targets()})
         except ValueError as error:
             status = f"rebuilt: {error}"
             get_logger("calibration").warning(f"calibration cache {base}: {error}; rebuilding it")

@@ -19,6 +19,7 @@ import tomllib
 
 from benchmark.annotations import conforms, parse_value, type_name
 from benchmark.errors import UserError
+from benchmark.fileio import parse_bounded
 from benchmark.metrics.registry import METRICS
 from benchmark.quant.grid import DEFAULT_GRID, GRIDS, Precision
 from benchmark.quant.kernels import KERNELS
@@ -322,15 +323,9 @@ def load_config(path: str | None = None, overrides: dict | None = None,
     that were given)."""
     given: dict = {}
     if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                given.update(tomllib.load(handle))
-        except FileNotFoundError:
-            raise UserError(f"config {path}: no such file") from None
-        except OSError as error:  # a folder, unreadable, ...
-            raise UserError(f"config {path}: cannot read it ({error.strerror or error})") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise UserError(f"config {path}: not valid TOML: {error}") from None
+        given.update(parse_bounded(path, "configuration (TOML)", tomllib.loads, syntax="TOML",
+                                   max_bytes=1 << 20,
+                                   errors=(tomllib.TOMLDecodeError,)))
     given.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values = {**(defaults or {}), **({} if fresh else _folder_config(given.get("out", RunConfig.out))), **given}
     known = {f.name for f in dataclasses.fields(RunConfig)}

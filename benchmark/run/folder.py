@@ -34,10 +34,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from benchmark.errors import UserError
-from benchmark.fileio import write_atomic, write_json
+from benchmark.fileio import sweep_temporaries, write_atomic, write_json
 from benchmark.logs import get_logger
 from benchmark.models.base import Generation
-from benchmark.results.schema import read_results
+from benchmark.results.schema import check_results, read_results
 
 __all__ = ["LOCK_NAME", "FolderLock", "RunFolder", "check_folder", "safe_label", "save_grid", "save_images"]
 
@@ -142,6 +142,24 @@ def _notes(cell: dict, count: int) -> list[str]:
     return notes
 
 
+def _reference_damage(tensors: dict, captions: int) -> str | None:
+    """What is wrong with a stored reference whose key matches (written by hand, or damaged
+    with its key intact), or None: one entry per caption, images (N, 3, H, W) in [0, 1],
+    everything finite. A damaged reference would blame the next cell's transform."""
+    latents, images = tensors.get("latents"), tensors.get("images")
+    if latents is None or images is None:
+        return "latents or images missing"
+    if latents.dim() < 2 or latents.shape[0] != captions or images.shape[:1] != (captions,):
+        return f"{latents.shape[0] if latents.dim() else 0} entries for {captions} captions"
+    if images.dim() != 4 or images.shape[1] != 3:
+        return f"images of shape {tuple(images.shape)}, not (N, 3, H, W)"
+    if not (bool(torch.isfinite(latents).all()) and bool(torch.isfinite(images).all())):
+        return "values that are not finite"
+    if images.numel() and not (0.0 <= float(images.min()) and float(images.max()) <= 1.0):
+        return "image values outside [0, 1]"
+    return None
+
+
 class RunFolder:
     """Everything one run keeps in its folder, read and written in one place."""
 
@@ -158,6 +176,7 @@ class RunFolder:
     def lock(self) -> FolderLock:
         lock = FolderLock(self.path)
         lock.acquire()
+        sweep_temporaries(self.path, recursive=True)  # a killed run's half-written files: ours alone now
         return lock
 
     def read_results(self) -> dict | None:
@@ -165,6 +184,7 @@ class RunFolder:
         return read_results(self.results_path) if self.results_path.exists() else None
 
     def write_results(self, results: dict) -> None:
+        check_results(results)  # what a run writes is what it reads back on resume
         write_json(self.results_path, results)
 
     def clear(self) -> None:
@@ -174,6 +194,22 @@ class RunFolder:
 
     def cell_images(self, precision: str, label: str) -> Path:
         return self.path / "images" / precision / safe_label(label)
+
+    def images_damage(self, precision: str, label: str, count: int) -> str | None:
+        """What is wrong with a finished cell's saved images, or None: ``count`` PNGs that read
+        back whole. A cell whose images were deleted or truncated is computed again on resume."""
+        folder = self.cell_images(precision, label)
+        files = [folder / f"{index:02d}.png" for index in range(count)]
+        missing = sum(not f.is_file() for f in files)
+        if missing:
+            return f"{missing} of its {count} images missing"
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    image.load()  # decodes every byte: a truncated file fails here
+            except (OSError, ValueError, SyntaxError) as error:
+                return f"{file.name} unreadable ({' '.join(str(error).split())})"
+        return None
 
     # -- the full-precision reference, keyed like the calibration cache --
     def read_reference(self, key: str, captions, seeds, settings: dict) -> Generation | None:
@@ -188,6 +224,10 @@ class RunFolder:
                 log(f"reference: {self.reference_path} was generated with other settings; generating again")
                 return None
             tensors = load_file(self.reference_path)
+            damage = _reference_damage(tensors, len(captions))
+            if damage:
+                log(f"reference: {self.reference_path} is damaged ({damage}); generating again")
+                return None
             log(f"reference: reusing {self.reference_path}")
             return Generation(captions, seeds, tensors["latents"], tensors["images"], settings)
         except Exception as error:  # a damaged cache is regenerated, never trusted

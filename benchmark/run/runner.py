@@ -295,12 +295,16 @@ class Run:
         for job in jobs:
             done = self.results["cells"].get(job.key)
             code = self.sources[job.spec.label].code
-            if done is not None and done.get("code") == code:
+            damage = None if done is None or done["status"] != OK or job.subset else \
+                self.folder.images_damage(job.precision, job.spec.label, len(captions))
+            if damage:
+                log(f"{job.key}: done before, but {damage}: computed again")
+            elif done is not None and done.get("code") == code:
                 log(f"{job.key}: done before ({done['status']}), skipped")
                 self.failed += done["status"] != OK
                 self.done["skipped"] += 1
                 continue
-            if done is not None:
+            if done is not None and not damage:
                 log(f"{job.key}: its code changed ({done.get('code')} -> {code}), computed again")
             todo.append(job)
         cells = self.processes.map(todo, len(captions), lambda job, part: generate_part(
