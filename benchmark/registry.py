@@ -1,8 +1,9 @@
-"""One registry for everything hadabench looks up by name: transforms, model families, metrics.
+"""One registry for everything hadabench looks up by name: transforms, model families, metrics,
+model adapters and kernels.
 
 A ``Registry`` maps a name to a value, from three sources in this order: the built-in table
 (values or lazy ``"module:attr"`` strings, resolved on first use), the installed entry points
-of its group (``hadabench.transforms``, ``hadabench.families``, ``hadabench.metrics``), and
+of its group (``hadabench.transforms``, ``.families``, ``.metrics``, ``.models``, ``.kernels``), and
 plugin files registered at run time (``benchmark.plugins``). Each entry records where it came
 from and which code made it (provenance, recorded with every result). An entry point that
 fails to load is kept as a broken entry with its error, never silently dropped, so that

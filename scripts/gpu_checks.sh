@@ -53,4 +53,4 @@ grep -E "^(===|FAIL|ALL PASS|[0-9]+ FAILED|device:)|: FAILED" "$log"
 echo "--- performance"
 sed -n '/^what  /,/^PixArt step w4a4 hadanorm/p' "$log"
 echo "--- paired comparisons"
-grep -A8 "^SQNR" "$log"
+awk '/^SQNR/ {p = 1; blank = 0} p {print} p && /^$/ && ++blank == 2 {p = 0}' "$log"  # title, notes, table

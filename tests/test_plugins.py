@@ -7,6 +7,7 @@ from torch import nn
 
 from benchmark import create_transform, load_plugin_file, quantize_linear, transforms
 from benchmark.cli import main
+from benchmark.errors import UserError
 from benchmark.transform.registry import BASELINES, parameter_defaults
 from benchmark.transform.validate import validate_transform
 
@@ -258,3 +259,42 @@ def test_a_plugins_code_covers_the_helper_module_beside_it(tmp_path, monkeypatch
     (tmp_path / "myhelper.py").write_text("ALPHA = 0.25\n")
     load_plugin_file(plugin)
     assert transforms()["mine"].code != first
+
+
+# -- the same registry for model adapters and kernels -----------------------------------------------
+
+def test_a_registered_kernel_is_a_choice_and_runs(tmp_path):
+    import torch
+
+    from benchmark.quant.kernels import KERNELS, online_function, resolve_kernel, torch_transform_quantize
+    from benchmark.run.config import RunConfig
+
+    calls = []
+
+    def mine(x, mu=None, inv_scale=None, rotation=None, bits=None, **kwargs):
+        calls.append(bits)
+        return torch_transform_quantize(x, mu, inv_scale, rotation, bits, **kwargs)
+
+    KERNELS.register("mine", mine, f"file {tmp_path / 'k.py'}")
+    assert resolve_kernel("mine", "cpu") == "mine"
+    x = torch.randn(2, 5, 8)
+    assert torch.equal(online_function("mine")(x, bits=4), torch_transform_quantize(x, bits=4)) and calls == [4]
+    assert RunConfig(kernel="mine").kernel == "mine"
+    with pytest.raises(UserError, match=r"unknown kernel 'nosuch': use auto, torch, triton, compile, mine"):
+        resolve_kernel("nosuch", "cpu")
+    with pytest.raises(UserError, match="kernel 'bad' must be a function"):
+        KERNELS.register("bad", 3, "file x.py")
+
+
+def test_a_registered_model_adapter_loads_by_name(tmp_path):
+    from benchmark.models import ADAPTERS, load_model
+    from benchmark.models.embedded import EmbeddedAdapter
+
+    class Shipped(EmbeddedAdapter):
+        """The embedded model under another name (a package's own model, as an entry point would add)."""
+
+    ADAPTERS.register("shipped", Shipped, f"file {tmp_path / 'm.py'}")
+    model = load_model("shipped")
+    assert type(model) is Shipped and model.targets()
+    with pytest.raises(UserError, match="must be a ModelAdapter subclass"):
+        ADAPTERS.register("bad", dict, "file x.py")

@@ -14,9 +14,9 @@ from benchmark.transform.registry import BASELINES, create_transform
 
 def command(args) -> int:
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    bad = [k for k in kernels if k not in KERNELS or k == "auto"]
+    bad = [k for k in kernels if k not in KERNELS]
     if bad or not kernels:
-        raise UserError(f"unknown kernel {bad[0] if bad else ''!r} in --kernels: use torch, triton, compile")
+        raise UserError(f"unknown kernel {bad[0] if bad else ''!r} in --kernels: use {', '.join(KERNELS)}")
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be positive, got {args.threads}")

@@ -14,11 +14,27 @@ from pathlib import Path
 import torch
 
 from benchmark import _compat  # noqa: F401  (torchvision shim before diffusers)
+from benchmark.errors import UserError
 from benchmark.models.base import ROLES, Generation, ModelAdapter, TargetGroup, find_targets
-from benchmark.models.embedded import EmbeddedAdapter
-from benchmark.models.pipeline import PipelineAdapter
+from benchmark.registry import Registry
 
-__all__ = ["MODELS", "ROLES", "Generation", "ModelAdapter", "TargetGroup", "find_targets", "load_model"]
+__all__ = ["ADAPTERS", "MODELS", "ROLES", "Generation", "ModelAdapter", "TargetGroup", "find_targets",
+           "load_model"]
+
+
+def _check_adapter(name: str, value) -> None:
+    if not (isinstance(value, type) and issubclass(value, ModelAdapter)):
+        raise UserError(f"model adapter {name!r} must be a ModelAdapter subclass, not {value!r}")
+
+
+# How a model is loaded, by name (entry-point group ``hadabench.models``): ``--model <name>`` loads
+# that adapter's own model (``Adapter.load(None, dtype, device)``); "pipeline" is the one for any
+# diffusers pipeline (a hub id or a folder), and a folder with embedded.json is an embedded model.
+ADAPTERS = Registry("model adapter", "hadabench.models", {
+    "embedded": "benchmark.models.embedded:EmbeddedAdapter",
+    "pipeline": "benchmark.models.pipeline:PipelineAdapter",
+}, check=_check_adapter)
+PIPELINE = "pipeline"
 
 MODELS = {
     "embedded": "the shipped small pixel-space PixArt transformer (offline, minutes on a CPU)",
@@ -47,9 +63,11 @@ def load_model(name_or_path: str = "embedded", dtype: torch.dtype | str = torch.
         dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
                  "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}.get(dtype) or \
             _raise(ValueError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16"))
-    if name_or_path == "embedded" or (Path(name_or_path) / "embedded.json").is_file():
-        return EmbeddedAdapter.load(None if name_or_path == "embedded" else name_or_path, dtype, device)
-    return PipelineAdapter.load(name_or_path, dtype, device, cache_dir)
+    if name_or_path != PIPELINE and name_or_path in ADAPTERS:
+        return ADAPTERS.entry(name_or_path).value.load(None, dtype, device)
+    if (Path(name_or_path) / "embedded.json").is_file():
+        return ADAPTERS.entry("embedded").value.load(name_or_path, dtype, device)
+    return ADAPTERS.entry(PIPELINE).value.load(name_or_path, dtype, device, cache_dir)
 
 
 def _raise(error: Exception):

@@ -22,7 +22,7 @@ from benchmark.errors import UserError
 from benchmark.fileio import parse_bounded
 from benchmark.metrics.registry import METRICS
 from benchmark.quant.grid import DEFAULT_GRID, GRIDS, Precision
-from benchmark.quant.kernels import KERNELS
+from benchmark.quant.kernels import kernel_choices
 from benchmark.quant.numerics import MODES
 from benchmark.results.schema import read_results
 from benchmark.run.calibration import DEFAULT_SAMPLE_TOKENS
@@ -179,7 +179,7 @@ class RunConfig:
                                 "ATen code paths, threads; see README)", shown="`native`",
                            doc="`pinned`: the same bits on any x86-64 CPU with AVX2 "
                                "([reproducible numerics](numerics.md))")
-    kernel: str = option("auto", hashed=False, choices=lambda: KERNELS, shown="`auto`",
+    kernel: str = option("auto", hashed=False, choices=kernel_choices, shown="`auto`",
                          help="auto (default), torch, triton or compile: the online transform's path",
                          doc="the online transform's path: `torch`, `triton` (fused kernels), `compile` (torch.compile "
                              "of the torch path), `auto` = triton on CUDA")

@@ -36,12 +36,14 @@ from benchmark.errors import UserError
 from benchmark.quant.formats import FORMATS, quantize_fp4
 from benchmark.quant.grid import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_quantize, grid_step
 from benchmark.quant.hadamard import HadamardRotation, apply_factors
-from benchmark.quant.kernels.compiled import compile_available, compiled_transform_quantize
+from benchmark.quant.kernels.compiled import compile_available
 from benchmark.quant.kernels.plan import plan_layout
+from benchmark.registry import Registry
 
 __all__ = [
-    "KERNELS", "MatchReport", "Workspace", "resolve_kernel", "compare_outputs", "fused_supported",
-    "fused_transform_quantize", "interpreting", "online_function", "torch_transform_quantize", "triton_available",
+    "AUTO", "KERNELS", "MatchReport", "kernel_choices", "Workspace", "resolve_kernel", "compare_outputs",
+    "fused_supported", "fused_transform_quantize", "interpreting", "online_function", "torch_transform_quantize",
+    "triton_available",
 ]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -53,7 +55,26 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-KERNELS = ("auto", "torch", "triton", "compile")
+def _check_kernel(name: str, value) -> None:
+    if not callable(value):
+        raise UserError(f"kernel {name!r} must be a function (x, mu, inv_scale, rotation, bits, *, grid), "
+                        f"not {type(value).__name__}")
+
+
+# The online part's implementations, by name (entry-point group ``hadabench.kernels``: a plugin's
+# function takes the torch path's arguments and raises where it cannot run). "auto" is no kernel:
+# a choice that ``resolve_kernel`` makes per device.
+KERNELS = Registry("kernel", "hadabench.kernels", {
+    "torch": "benchmark.quant.kernels:torch_transform_quantize",
+    "triton": "benchmark.quant.kernels:fused_transform_quantize",
+    "compile": "benchmark.quant.kernels.compiled:compiled_transform_quantize",
+}, check=_check_kernel)
+AUTO = "auto"
+
+
+def kernel_choices() -> tuple[str, ...]:
+    """What ``--kernel`` takes: "auto", then every registered kernel."""
+    return (AUTO, *KERNELS.builtin_names(), *(n for n in KERNELS if n not in KERNELS.builtin_names()))
 
 
 def _check_format(fmt: str, bits: int | None) -> None:
@@ -71,9 +92,11 @@ def resolve_kernel(kernel: str, device: torch.device | str, fmt: str = "int") ->
     ``device`` is an error, never a silent fallback. ``fmt``: the activations' number format
     ("int", or an FP4 format, which the fused kernel does not implement: "triton" is refused,
     "auto" is torch)."""
-    if kernel not in KERNELS:
-        raise UserError(f"unknown kernel {kernel!r}: use {', '.join(KERNELS)}")
+    if kernel != AUTO and kernel not in KERNELS:
+        raise UserError(f"unknown kernel {kernel!r}: use {', '.join(kernel_choices())}")
     _check_format(fmt, None)
+    if kernel not in (AUTO, *KERNELS.builtin_names()):
+        return kernel  # a plugin's kernel: it says itself where it cannot run
     if fmt != "int":
         if kernel == "triton":
             raise UserError(f"kernel 'triton' cannot quantize {fmt} activations: the fused kernel implements "
@@ -268,12 +291,9 @@ def torch_transform_quantize(
 def online_function(kernel: str, workspace: Workspace | None = None):
     """The function that runs the online part for a resolved kernel name; the torch path
     computing in ``workspace`` when one is given (the other paths allocate their own)."""
-    if kernel == "compile":
-
-        return compiled_transform_quantize
     if kernel == "torch" and workspace is not None:
         return functools.partial(torch_transform_quantize, workspace=workspace)
-    return {"torch": torch_transform_quantize, "triton": fused_transform_quantize}[kernel]
+    return KERNELS.get(kernel)
 
 
 @dataclass
