@@ -264,3 +264,20 @@ def test_pointwise_convolutions_as_targets():
         with torch.no_grad():
             assert ((ff(x) - reference).norm() / reference.norm()).item() < 1e-5
     assert isinstance(ff.conv_inverted, nn.Conv2d)
+
+
+def test_one_step_is_refused_where_the_pipeline_cannot_take_it(tiny, tmp_path, capsys):
+    """Every tiny pipeline generates with one step, or the run refuses --steps 1 in one line
+    before anything is written (diffusers' PixArt-alpha reads one step as a DMD model's)."""
+    variant, folder, model = tiny
+    from benchmark.cli import main
+
+    code = main(["run", "--model", str(folder), "--steps", "1", "--eval-size", "1", "--calib-size", "1",
+                 "--precisions", "w4a4", "--transforms", "none", "--metrics", "sqnr",
+                 "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    if variant == "pixart-alpha":
+        assert code == 2 and err[-1].startswith("hadabench: error: ") and "--steps 2 or more" in err[-1]
+        assert not (tmp_path / "run" / "results.json").exists()
+    else:
+        assert code == 0, err[-3:]

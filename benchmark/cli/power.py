@@ -32,7 +32,8 @@ def command(args) -> int:
           f"two-sided test at Holm's strictest threshold {ALPHA:g} / pairs\n"
           f"- p, Holm p, verdict: {describe_test()}; Holm's correction over all pairs of a precision at "
           f"family-wise {ALPHA:g}"
-          + (" (" + ", ".join(f"{md.text(precision)}: {tests} pairs" for precision, tests in families) + ")" if families else "")
+          + (" (" + ", ".join(f"{md.text(precision)}: {tests} pairs" for precision, tests in families) + ")"
+             if families else "")
           + "\n")
     note = small_sample_note(min(r["captions"] for r in rows))
     if note:

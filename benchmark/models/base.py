@@ -100,6 +100,11 @@ class ModelAdapter(abc.ABC):
     def default_settings(self) -> dict:
         return {}
 
+    def check_steps(self, steps: int) -> None:
+        """Refuse (``UserError``) a step count this model's pipeline cannot generate with, before
+        anything runs; every count from 1 up is fine unless an adapter says otherwise."""
+        return None  # an optional hook, not an abstract one
+
     # -- quantizing ------------------------------------------------------------------
     @property
     def is_quantized(self) -> bool:

@@ -112,6 +112,13 @@ class PipelineAdapter(ModelAdapter):
     def default_settings(self) -> dict:
         return {"guidance_scale": self.guidance_scale, "resolution": self._resolution()}
 
+    def check_steps(self, steps: int) -> None:
+        # diffusers' PixArt-alpha pipeline reads one step as a one-step (DMD) model's and takes the
+        # scheduler's second output, which no multi-step scheduler returns (an IndexError inside it)
+        if steps == 1 and type(self.pipe).__name__ == "PixArtAlphaPipeline":
+            raise UserError(f"{self.source}: PixArt-alpha's pipeline treats --steps 1 as a one-step (DMD) "
+                            "model's sampling, which its scheduler does not support: use --steps 2 or more")
+
     def _resolution(self) -> int:
         """The transformer's native latent size in pixels; FLUX's config has none, its VAE's does."""
         sample_size = self.transformer.config.get("sample_size")

@@ -167,6 +167,7 @@ class Run:
                     raise UserError(f"{self.out} holds results of other {what} than this run's "
                                     "(same configuration): use --fresh or another --out")
         log(f"model: {config.model} ({config.dtype}, {self.device}), loaded in {time.perf_counter() - tick:.1f} s")
+        self.model.check_steps(config.steps)  # a count its pipeline cannot run: refuse now
         self.subset = Subset.of(config.roles, config.blocks)
         self.subset.check(self.model.targets())  # roles and blocks of this model: refuse now
 
