@@ -9,7 +9,7 @@ from benchmark.metrics.registry import metric_spec
 from benchmark.reports import markdown as md
 from benchmark.results.compare import power_rows
 from benchmark.results.schema import read_results
-from benchmark.results.stats import ALPHA, INTERVAL, describe_interval, describe_test, small_sample_note
+from benchmark.results.stats import ALPHA, INTERVAL, describe_intervals, describe_test, small_sample_note
 
 POWER = 0.8
 
@@ -24,7 +24,8 @@ def command(args) -> int:
         raise UserError(f"{args.results}: no cell has per-caption values of {spec.key}")
     level = f"{INTERVAL['level']:.0%}"
     families = sorted({(r["precision"], r["tests"]) for r in rows if "tests" in r})
-    print(f"{spec.header}: mean ± half-width of the {describe_interval()}, for each cell and each paired "
+    methods = describe_intervals(r["interval"] for r in rows)
+    print(f"{spec.header}: mean ± half-width of the {methods}, for each cell and each paired "
           "difference at this run's captions.\n"
           f"- precision ±{args.target:g}: captions for a {level} t-interval of ±{args.target:g} "
           "(a precision target, not power: about even odds of calling a difference of that size significant)\n"

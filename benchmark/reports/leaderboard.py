@@ -22,7 +22,15 @@ from benchmark.metrics.registry import leaderboard_metrics
 from benchmark.reports import markdown as md
 from benchmark.results.compare import cell_samples, pairwise, rank_cells
 from benchmark.results.schema import OK, metric_value, read_results
-from benchmark.results.stats import ALPHA, describe_interval, describe_test, recorded_half_width, small_sample_note
+from benchmark.results.stats import (
+    ALPHA,
+    BINARY_INTERVAL,
+    describe_binary_interval,
+    describe_interval,
+    describe_test,
+    recorded_half_width,
+    small_sample_note,
+)
 
 # The paper's Table 1 (W4A4) and appendix table (W6A6), PixArt-Sigma, 20 steps
 # (SQNR dB, CLIP score, CLIP-IQA).
@@ -43,9 +51,13 @@ def is_pixart_sigma(model: str) -> bool:
 
 
 def _with_interval(spec, value, interval) -> str:
+    """"mean ± half-width"; "mean [low, high]" for the asymmetric interval of a 0/1 metric (Wilson's,
+    or Newcombe's for a paired difference)."""
     text = spec.show(value)
     if interval is None:
         return text
+    if not interval.symmetric:
+        return f"{text} [{spec.fmt.format(interval.low)}, {spec.fmt.format(interval.high)}]"
     if not math.isfinite(interval.half_width):  # fewer than 4 captions: the bootstrap-t is unbounded
         return f"{text} ± ∞"
     return f"{text} ± {spec.fmt.format(interval.half_width)}"
@@ -59,7 +71,10 @@ def _reference_row(results: dict, specs) -> list[str]:
         if entry is None:  # a metric against the full-precision run (SQNR, PSNR, SSIM)
             row.append("–")
             continue
-        value, half = metric_value(entry), recorded_half_width(entry)
+        value, half, recorded = metric_value(entry), recorded_half_width(entry), entry.get("interval") or {}
+        if half is not None and recorded.get("method") == BINARY_INTERVAL["method"]:
+            row.append(f"{spec.show(value)} [{spec.fmt.format(recorded['low'])}, {spec.fmt.format(recorded['high'])}]")
+            continue
         row.append(spec.show(value) + (f" ± {spec.fmt.format(half)}" if half is not None else ""))
     return row
 
@@ -168,7 +183,9 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
     lines = ["# hadabench leaderboard", "",
              "One section per model, one table per run and precision; every cell of a table was "
              "generated from the same captions and seeds as its full-precision run. A number is "
-             f"the mean over the evaluation captions ± the half-width of its {describe_interval()}. "
+             f"the mean over the evaluation captions ± the half-width of its {describe_interval()}; "
+             "for a metric whose per-caption values are all 0 or 1 (caption accuracy), the mean with its "
+             f"{describe_binary_interval()}. "
              "**Bold**: not significantly worse than the best of its column. Rank: 1 + the number of "
              "transforms significantly better in SQNR. Significance: a "
              f"{describe_test()}, with Holm's correction over all the pairs of transforms of the table "
