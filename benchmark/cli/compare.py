@@ -22,6 +22,9 @@ def difference(interval) -> str:
 
 def command(args) -> int:
     spec = metric_spec(args.metric)
+    if not spec.per_sample:
+        raise UserError(f"{spec.key} is a set-level metric (one number per set of images): it has no per-caption "
+                        "values to pair, test or size")
     rows = compare_runs(read_results(args.a), read_results(args.b), spec)
     if not rows:
         raise UserError(f"{args.a} and {args.b} share no cell with per-caption values of {spec.key}")

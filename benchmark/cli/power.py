@@ -18,6 +18,9 @@ def command(args) -> int:
     if not args.target > 0:
         raise UserError(f"--target must be a positive number, got {args.target}")
     spec = metric_spec(args.metric)
+    if not spec.per_sample:
+        raise UserError(f"{spec.key} is a set-level metric (one number per set of images): it has no per-caption "
+                        "values to pair, test or size")
     results = read_results(args.results)
     rows = power_rows(results, spec, args.target, power=POWER)
     if not rows:

@@ -112,9 +112,11 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
         for spec in specs:
             entry = ranked[spec.key][index]
             text = _with_interval(spec, metric_value(cell["metrics"].get(spec.key)), entry.interval)
-            row.append(f"**{text}**" if entry.tied_with_best else text)
+            # a set-level number (FID) has no per-caption values: no interval, no test, so no bold
+            row.append(f"**{text}**" if entry.tied_with_best and spec.per_sample else text)
         rows.append(row)
-    headers = ["transform", "rank"] + [md.cell(spec.header) for spec in specs]  # a plugin metric's: untrusted
+    headers = ["transform", "rank"] + [md.cell(spec.header + ("" if spec.per_sample else " (set-level)"))
+                                       for spec in specs]  # a plugin metric's: untrusted
     paper = PAPER.get(precision, {}) if is_pixart_sigma(results["config"]["model"]) else {}
     if paper:
         shown = [spec for spec in leaderboard_metrics() if spec.key in _PAPER_KEYS]
@@ -191,8 +193,9 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
              f"{describe_test()}, with Holm's correction over all the pairs of transforms of the table "
              f"(one family per table and column) at family-wise {ALPHA:g}. "
              "SQNR: of the final latents against the full-precision run, mean of per-sample dB. "
-             "CLIP score: 100 · max(cos(image, caption), 0). PSNR and SSIM: of the 8-bit images against "
-             "the full-precision run's. One column per metric computed; the metrics not computed are "
+             "CLIP score: 100 · max(cos(image, caption), 0). PSNR, SSIM and LPIPS: of the 8-bit images against "
+             "the full-precision run's. FID is set-level (one number per set of images, marked so): no "
+             "interval, no test, never bold. One column per metric computed; the metrics not computed are "
              "listed under each run's tables with the reason.", ""]
     for model in dict.fromkeys(r["config"]["model"] for _, r in runs):
         lines += [f"## {md.text(model)}", ""]
@@ -221,6 +224,8 @@ def _run_sections(name: str, results: dict, link_base: Path) -> list[str]:
         lines += _table(results, precision, link_base)
     setup = results.get("metric_setup", {})
     reasons = {name: entry.get("reason") for name, entry in setup.items() if entry.get("status") != "computed"}
+    reasons.update({key: why for entry in setup.values() if entry.get("status") == "computed"
+                    for key, why in (entry.get("not_computed") or {}).items()})  # one key of a computed metric
     reasons.update({spec.computed_by: "not requested in this run (--metrics)" for spec in leaderboard_metrics()
                     if spec.computed_by not in setup})
     lines += [f"- **{md.text(metric)}** not computed: {md.text(reason)}" for metric, reason in reasons.items()]

@@ -1,0 +1,310 @@
+"""The weight-bound image metrics, LPIPS and FID, offline: without their weights each is "not
+computed" with the reason and how to fetch them; with stand-in weights (random weights of the
+real architecture, saved where and how the real loaders read them) each loads through the real
+path, and its value equals an independent reference implementation's on the same stand-in;
+LPIPS's per-caption values and FID's set-level numbers flow into results, the leaderboard,
+``compare``, ``power`` and the gate."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import _compat
+from benchmark.cli import main
+from benchmark.errors import UserError
+from benchmark.fileio import write_json
+from benchmark.metrics import fid as fid_module
+from benchmark.metrics.fid import FidFeatures, FidScorer, clean_resize, frechet_distance
+from benchmark.metrics.perceptual import ALEXNET_URL, Lpips, LpipsScorer
+from benchmark.metrics.registry import metric_spec
+from benchmark.reports.check import compare
+from benchmark.reports.leaderboard import render
+from benchmark.results.compare import compare_runs, power_rows, rank_cells
+from benchmark.results.schema import SCHEMA
+from benchmark.run.config import RunConfig, parse_transforms
+from benchmark.run.scoring import Scorers
+
+_compat.ensure_torchvision()
+import torchvision  # noqa: E402  (after the CPU-torch shim)
+
+
+def _use_hub(monkeypatch, hub: Path) -> Path:
+    """Point torch's hub directory (torchvision's cache) and pyiqa's cache (<hub>/pyiqa) at ``hub``."""
+    from pyiqa.utils import download_util
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(hub / "pyiqa"))
+    return hub
+
+
+@pytest.fixture(scope="module")
+def standin_hub(tmp_path_factory):
+    """A torch hub directory holding stand-ins in the real layout: a random-weight AlexNet as
+    torchvision's ``checkpoints/alexnet-owt-7be5be79.pth``, and a random-weight FID Inception (the
+    architecture pyiqa / pytorch-fid build, its state dict as in the real file) as
+    ``pyiqa/pt_inception-2015-12-05-6726825d.pth``."""
+    import pyiqa.archs.inception as inception
+
+    hub = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    alexnet = hub / "checkpoints" / os.path.basename(ALEXNET_URL)
+    alexnet.parent.mkdir(parents=True)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), alexnet)
+
+    captured = {}
+    real = inception.load_pretrained_network
+    inception.load_pretrained_network = lambda net, path, *args, **kwargs: captured.setdefault("net", net)
+    try:
+        inception.fid_inception_v3()  # the FID architecture, without its weights
+    finally:
+        inception.load_pretrained_network = real
+    net = captured["net"]
+    for module in net.modules():  # variance-preserving weights: features neither vanish nor explode
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    weights = hub / "pyiqa" / fid_module.WEIGHTS_FILE
+    weights.parent.mkdir()
+    torch.save(net.state_dict(), weights)
+    return hub
+
+
+def _images(n, seed, size=32):
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, size, size, generator=generator)
+    return base, (base + 0.15 * torch.randn(base.shape, generator=generator)).clamp(0, 1)
+
+
+def _save_pngs(images, folder: Path) -> Path:
+    from torchvision.transforms.functional import to_pil_image
+
+    from benchmark.metrics.fidelity import to_uint8
+
+    folder.mkdir(parents=True)
+    for i, image in enumerate(to_uint8(images)):
+        to_pil_image(image).save(folder / f"{i:03d}.png")
+    return folder
+
+
+# -- without weights --------------------------------------------------------------------------------------
+
+def test_without_weights_each_is_not_computed_with_the_reason_and_how_to_fetch(tmp_path, monkeypatch, caplog):
+    _use_hub(monkeypatch, tmp_path / "empty")
+    lpips = Lpips.load()
+    assert not lpips.available and lpips.update(*_images(2, 0)) is None
+    assert "AlexNet weights not found" in lpips.reason and ALEXNET_URL in lpips.reason
+    assert "--download-weights" in lpips.reason
+    result = LpipsScorer(lpips).cell(SimpleNamespace(images=_images(2, 0)[0]), SimpleNamespace(images=_images(2, 0)[1]),
+                                     None)["lpips"]
+    assert result.value is None and result.per_sample is None and result.reason == lpips.reason
+
+    features = FidFeatures.load()
+    assert not features.available and "FID Inception weights not found" in features.reason
+    assert "--download-weights" in features.reason and fid_module.PYTORCH_FID_URL in features.reason
+    scorer = FidScorer(features, None)
+    assert scorer.setup()["status"] == "not computed"
+    cell = scorer.cell(SimpleNamespace(images=_images(2, 0)[0]), SimpleNamespace(images=_images(2, 0)[1]), None)
+    assert {key: r.value for key, r in cell.items()} == {"fid": None, "fid_reference": None}
+    assert all(r.reason == features.reason for r in cell.values())
+    assert f"lpips not computed: {lpips.reason}" in [r.getMessage() for r in caplog.records]
+    assert not any(tmp_path.rglob("*.pth"))  # nothing was downloaded
+
+
+# -- LPIPS ------------------------------------------------------------------------------------------------
+
+def test_lpips_loads_the_standin_and_equals_pyiqas_independent_port(standin_hub, monkeypatch):
+    _use_hub(monkeypatch, standin_hub)
+    metric = Lpips.load(batch_size=3)
+    assert metric.available and metric.details["official_alexnet"] is False
+    # the real loader read the stand-in trunk, and torchmetrics' v0.1 linear layers (strict check:
+    # torchmetrics itself loads them with strict=False)
+    net = metric.metric.net
+    trunk = torch.load(standin_hub / "checkpoints" / os.path.basename(ALEXNET_URL))
+    assert torch.equal(net.net.slice1[0].weight, trunk["features.0.weight"])
+    import torchmetrics.functional.image.lpips as tm_lpips
+    lin_file = Path(tm_lpips.__file__).parent / "lpips_models" / "alex.pth"
+    lins = torch.load(lin_file, map_location="cpu")
+    assert set(lins) == {f"lin{i}.model.1.weight" for i in range(5)}
+    assert all(torch.equal(net.state_dict()[key], value) for key, value in lins.items())
+
+    reference, images = _images(5, 1, size=48)
+    ours = metric.scores(reference, images)
+    assert ours.dtype == torch.float64 and ours.shape == (5,) and (ours > 0).all()
+
+    from pyiqa.archs.lpips_arch import LPIPS
+
+    from benchmark.metrics.fidelity import to_uint8
+    theirs = LPIPS(pretrained_model_path=str(lin_file)).eval()  # its own AlexNet: the same stand-in file
+    with torch.no_grad():
+        expected = theirs(to_uint8(images).float() / 255, to_uint8(reference).float() / 255, normalize=True)
+    assert ours.numpy() == pytest.approx(expected.reshape(-1).double().numpy(), rel=1e-5, abs=1e-7)
+    assert metric.scores(reference, reference).tolist() == [0.0] * 5
+    with pytest.raises(UserError, match="at least 32 pixels"):
+        metric.scores(*_images(2, 0, size=16))
+
+
+# -- FID ----------------------------------------------------------------------------------------------------
+
+def _independent_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance by symmetric eigendecompositions: Tr sqrt(S_a S_b) = Tr sqrt(S_a^1/2 S_b S_a^1/2).
+    Eigenvalues that are zero up to rounding (rank-deficient covariances) are zeroed before the
+    square root, which would turn their rounding noise into visible terms."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+
+    def clean(w):
+        return np.where(w > 1e-12 * np.abs(w).max(), w, 0.0)
+
+    w, v = np.linalg.eigh(s_a)
+    root = (v * np.sqrt(clean(w))) @ v.T
+    inner = root @ s_b @ root
+    eigen = clean(np.linalg.eigvalsh((inner + inner.T) / 2))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(eigen).sum())
+
+
+@pytest.mark.parametrize(("n", "m"), [(12, 9), (80, 100), (5, 200)])
+def test_frechet_distance_equals_an_independent_computation_and_pyiqas(n, m):
+    from pyiqa.archs.fid_arch import frechet_distance as pyiqa_frechet
+
+    rng = np.random.default_rng(n)
+    mixing = rng.normal(size=(32, 32))
+    a = rng.normal(size=(n, 32)) @ mixing
+    b = rng.normal(0.3, 1.2, size=(m, 32)) @ mixing
+    ours = frechet_distance(a, b)
+    assert ours == pytest.approx(_independent_fid(a, b), rel=1e-9)
+    if min(n, m) >= 32:  # full-rank covariances: pyiqa's sqrtm is well posed and is what we call
+        expected = pyiqa_frechet(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+        assert ours == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-9 * np.trace(np.cov(a, rowvar=False)))
+    with pytest.raises(UserError, match="at least 2 images"):
+        frechet_distance(a[:1], b)
+
+
+def test_fid_features_equal_pyiqas_folder_pipeline_on_the_standin(standin_hub, monkeypatch, tmp_path):
+    _use_hub(monkeypatch, standin_hub)
+    features = FidFeatures.load(batch_size=4)
+    assert features.available and features.details["set_level"] is True
+    images = _images(4, 2)[1]
+    ours = features.features(images)
+    assert ours.shape == (4, 2048) and np.isfinite(ours).all() and ours.std() > 1e-3  # not a degenerate stand-in
+    theirs = features.folder_features(_save_pngs(images, tmp_path / "pngs"))  # pyiqa's ResizeDataset("clean")
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6 * np.abs(theirs).max())
+    pixels = clean_resize(images)
+    assert pixels.shape == (4, 3, 299, 299) and pixels.min() >= -1 and pixels.max() <= 127 / 128
+
+
+def _results(cells, metrics, reference_metrics=None):
+    config = RunConfig(precisions=["w4a4"], metrics=metrics,
+                       transforms=parse_transforms(",".join(c["label"] for c in cells))).validate()
+    return {"schema": SCHEMA, "config": config.to_json(), "config_hash": config.hash(),
+            "environment": {"hadabench": "0", "device": "cpu", "torch": "2.13.0",
+                            "numerics": {"mode": "pinned", "threads": 2}},
+            "captions": {"evaluation": {"ids": list(range(len(next(iter(cells))["per_sample"]["lpips"])))}},
+            "metric_setup": {}, "model": {"name": "x"}, "reference": {"metrics": reference_metrics or {}},
+            "cells": {f"w4a4/{c['label']}": c for c in cells}, "grids": {},
+            "tolerance": {"lpips": 1e-4, "fid": 0.01}}
+
+
+def test_lpips_and_fid_flow_through_scoring_into_results_leaderboard_compare_power_and_the_gate(
+        standin_hub, monkeypatch, tmp_path, capsys):
+    _use_hub(monkeypatch, standin_hub)
+    reference_dir = _save_pngs(_images(3, 7)[0], tmp_path / "coco")
+    config = RunConfig(precisions=["w4a4"], metrics=["lpips", "fid"], fid_reference=str(reference_dir)).validate()
+    scorers = Scorers(config, "cpu")
+    setup = scorers.setup()
+    assert setup["lpips"]["status"] == "computed" and setup["fid"]["status"] == "computed"
+    assert "not_computed" not in setup["fid"]
+    full_precision = SimpleNamespace(images=_images(4, 3)[0])
+    fp_row = scorers.reference(full_precision.images, None)
+    assert set(fp_row) == {"fid_reference"} and fp_row["fid_reference"]["details"]["reference_images"] == 3
+
+    cells = []
+    for label, noise in (("none", 0.3), ("quarot", 0.1)):
+        generator = torch.Generator().manual_seed(len(label))
+        images = (full_precision.images + noise * torch.randn(full_precision.images.shape, generator=generator))
+        metrics, per_sample = scorers.cell(full_precision, SimpleNamespace(images=images.clamp(0, 1)), None)
+        assert set(metrics) == {"lpips", "fid", "fid_reference"}
+        assert len(per_sample["lpips"]) == 4 and "fid" not in per_sample  # FID is set-level
+        assert metrics["lpips"]["interval"]["low"] is not None and "interval" not in metrics["fid"]
+        assert metrics["fid"]["details"]["set_level"] and "none" in metrics["fid"]["details"]["interval"]
+        assert metrics["fid"]["value"] > 0
+        cells.append({"precision": "w4a4", "transform": label, "label": label, "params": {}, "status": "ok",
+                      "reason": None, "metrics": metrics, "per_sample": per_sample, "groups": {}, "timings": {}})
+    doc = _results(cells, ["lpips", "fid"], fp_row)
+    doc["metric_setup"] = setup
+    lpips, fid = metric_spec("lpips"), metric_spec("fid")
+    assert not lpips.higher_is_better and not fid.higher_is_better and not fid.per_sample
+
+    # per-caption LPIPS: intervals, ranks, power and compare work on it
+    ranked = rank_cells(cells, lpips)
+    assert all(r.interval is not None for r in ranked) and ranked[1].tied_with_best
+    assert any("−" in row["comparison"] for row in power_rows(doc, lpips, 0.01))
+    assert len(compare_runs(doc, doc, lpips)) == 2
+    # set-level FID: ranked by nothing, no interval; the leaderboard marks it and never bolds it
+    assert all(r.interval is None for r in rank_cells(cells, fid))
+    write_json(tmp_path / "run" / "results.json", doc)
+    text = render([tmp_path / "run"], tmp_path / "README.md")
+    table = text.split("<details>")[0]
+    assert "FID vs full precision (set-level)" in table and "FID vs reference (set-level)" in table
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
+    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| transform")).split("|")]
+    fid_column = header.index("FID vs full precision (set-level)")
+    assert "**" not in rows["none"][fid_column] and "±" not in rows["none"][fid_column]
+    assert rows["Original (full precision)"][header.index("FID vs reference (set-level)")].strip() != "–"
+    # compare and power refuse a set-level metric with one line; the gate compares it without a test
+    for argv in (["compare", str(tmp_path / "run"), str(tmp_path / "run"), "--metric", "fid"],
+                 ["power", str(tmp_path / "run"), "--metric", "fid"]):
+        assert main(argv) == 2
+        assert "set-level metric" in capsys.readouterr().err
+    # the exact gate (pinned numerics): each metric within its tolerance, FID's direction is "lower is better"
+    regressions, _ = compare(doc, doc)
+    assert regressions == []
+    worse = copy.deepcopy(doc)
+    worse["cells"]["w4a4/quarot"]["metrics"]["fid"]["value"] += 1.0
+    worse["cells"]["w4a4/none"]["metrics"]["fid"]["value"] -= 1.0  # better: no regression
+    regressions, _ = compare(worse, doc)
+    assert len(regressions) == 1 and regressions[0].startswith("w4a4/quarot fid")
+
+
+def test_fid_reference_without_a_folder_is_listed_as_not_computed(standin_hub, monkeypatch, tmp_path):
+    _use_hub(monkeypatch, standin_hub)
+    scorer = FidScorer(FidFeatures.load(), None)
+    setup = scorer.setup()
+    assert setup["status"] == "computed" and "--fid-reference" in setup["not_computed"]["fid_reference"]
+    assert scorer.reference(_images(2, 0)[0], None)["fid_reference"].value is None
+    cells = [{"precision": "w4a4", "transform": "none", "label": "none", "params": {}, "status": "ok", "reason": None,
+              "metrics": {"lpips": {"value": 0.1}, "fid": {"value": 3.0}}, "per_sample": {"lpips": [0.1, 0.1]},
+              "groups": {}, "timings": {}}]
+    doc = _results(cells, ["lpips", "fid"])
+    doc["metric_setup"] = {"fid": setup, "lpips": {"status": "computed"}}
+    write_json(tmp_path / "run" / "results.json", doc)
+    text = render([tmp_path / "run"], tmp_path / "README.md")
+    from benchmark.reports import markdown as md
+    reason = setup["not_computed"]["fid_reference"]
+    assert f"- **fid\\_reference** not computed: {md.text(reason)}" in text.splitlines()
+    assert "FID vs full precision (set-level)" in text and "FID vs reference" not in text  # no column of n/a
+    with pytest.raises(UserError, match="not a folder"):
+        FidScorer(FidFeatures.load(), str(tmp_path / "missing"))
+
+
+@pytest.mark.slow  # scipy's sqrtm of a 2048 x 2048 product: a minute or two on a small CPU
+def test_fid_equals_pyiqas_whole_folder_fid_on_the_standin(standin_hub, monkeypatch, tmp_path):
+    from pyiqa.archs.fid_arch import FID
+
+    _use_hub(monkeypatch, standin_hub)
+    reference, images = _images(4, 5)
+    features = FidFeatures.load(batch_size=4)
+    ours = frechet_distance(features.features(images), features.features(reference))
+    theirs = FID()(str(_save_pngs(images, tmp_path / "a")), str(_save_pngs(reference, tmp_path / "b")), mode="clean",
+                   num_workers=0, batch_size=4, device=torch.device("cpu"), verbose=False)
+    assert ours == pytest.approx(float(theirs), rel=1e-4)
