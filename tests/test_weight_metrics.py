@@ -8,6 +8,7 @@ LPIPS's per-caption values and FID's set-level numbers flow into results, the le
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,9 @@ from benchmark.cli import main
 from benchmark.errors import UserError
 from benchmark.fileio import write_json
 from benchmark.metrics import fid as fid_module
+from benchmark.metrics.base import PerSampleScorer
 from benchmark.metrics.fid import FidFeatures, FidScorer, clean_resize, frechet_distance
+from benchmark.metrics.image_reward import ImageReward
 from benchmark.metrics.perceptual import ALEXNET_URL, Lpips, LpipsScorer
 from benchmark.metrics.registry import metric_spec
 from benchmark.reports.check import compare
@@ -308,3 +311,200 @@ def test_fid_equals_pyiqas_whole_folder_fid_on_the_standin(standin_hub, monkeypa
     theirs = FID()(str(_save_pngs(images, tmp_path / "a")), str(_save_pngs(reference, tmp_path / "b")), mode="clean",
                    num_workers=0, batch_size=4, device=torch.device("cpu"), verbose=False)
     assert ours == pytest.approx(float(theirs), rel=1e-4)
+
+
+# -- ImageReward ----------------------------------------------------------------------------------------------
+
+WORDS = ["a", "red", "green", "blue", "circle", "square", "##s", "on", "background", "two", "three", "in", "the",
+         "top", "left", "gray"]
+CAPTIONS = ["a red circle on a blue background", "two green squares on a gray background",
+            "three blue circles in the top left on a red background"]
+
+
+def _random(shape, generator, scale=None):
+    fan_in = shape[-1] if len(shape) > 1 else 1
+    return torch.randn(shape, generator=generator) * (scale if scale is not None else fan_in ** -0.5)
+
+
+def image_reward_standin(folder: Path, vocab: int, width=128, depth=2, hidden=64, layers=2, inter=128) -> Path:
+    """A random-weight ImageReward checkpoint in the official format: the tensor names and shapes
+    of the image-reward package's BLIP_Pretrain (vit.py, med.py) and MLP, smaller; its
+    med_config.json; saved as ImageReward.pt in ``folder``."""
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    v, t = "blip.visual_encoder.", "blip.text_encoder."
+    norm = {"weight": lambda n: 1 + 0.1 * torch.randn(n, generator=g),
+            "bias": lambda n: 0.1 * torch.randn(n, generator=g)}
+
+    def layer_norm(prefix, n):
+        state[prefix + "weight"], state[prefix + "bias"] = norm["weight"](n), norm["bias"](n)
+
+    def linear(prefix, out, into):
+        state[prefix + "weight"], state[prefix + "bias"] = _random((out, into), g), 0.02 * torch.randn(out, generator=g)
+
+    state[v + "cls_token"] = _random((1, 1, width), g, 0.5)
+    state[v + "pos_embed"] = _random((1, 197, width), g, 0.5)
+    state[v + "patch_embed.proj.weight"] = _random((width, 3, 16, 16), g, (3 * 256) ** -0.5)
+    state[v + "patch_embed.proj.bias"] = 0.02 * torch.randn(width, generator=g)
+    for i in range(depth):
+        b = f"{v}blocks.{i}."
+        layer_norm(b + "norm1.", width)
+        linear(b + "attn.qkv.", 3 * width, width)
+        linear(b + "attn.proj.", width, width)
+        layer_norm(b + "norm2.", width)
+        linear(b + "mlp.fc1.", 4 * width, width)
+        linear(b + "mlp.fc2.", width, 4 * width)
+    layer_norm(v + "norm.", width)
+    state[t + "embeddings.word_embeddings.weight"] = _random((vocab, hidden), g, 1.0)
+    state[t + "embeddings.position_embeddings.weight"] = _random((512, hidden), g, 0.5)
+    state[t + "embeddings.position_ids"] = torch.arange(512).unsqueeze(0)
+    layer_norm(t + "embeddings.LayerNorm.", hidden)
+    for i in range(layers):
+        b = f"{t}encoder.layer.{i}."
+        for attention, source in (("attention.", hidden), ("crossattention.", width)):
+            linear(b + attention + "self.query.", hidden, hidden)
+            linear(b + attention + "self.key.", hidden, source)
+            linear(b + attention + "self.value.", hidden, source)
+            linear(b + attention + "output.dense.", hidden, hidden)
+            layer_norm(b + attention + "output.LayerNorm.", hidden)
+        linear(b + "intermediate.dense.", inter, hidden)
+        linear(b + "output.dense.", hidden, inter)
+        layer_norm(b + "output.LayerNorm.", hidden)
+    linear("blip.vision_proj.", 256, width)  # in the official checkpoint, unused by the score
+    linear("blip.text_proj.", 256, hidden)
+    for index, (out, into) in zip((0, 2, 4, 6, 7), ((1024, hidden), (128, 1024), (64, 128), (16, 64), (1, 16)),
+                                  strict=True):
+        linear(f"mlp.layers.{index}.", out, into)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "ImageReward.pt")
+    (folder / "med_config.json").write_text(json.dumps({
+        "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": inter,
+        "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 2,
+        "num_hidden_layers": layers, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": vocab,
+        "encoder_width": width, "add_cross_attention": True}))
+    return folder
+
+
+def tokenizer_standin(folder: Path) -> Path:
+    """A BERT WordPiece tokenizer (bert-base-uncased's kind) over a small vocabulary, saved as
+    ``from_pretrained`` reads it."""
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+
+
+def reference_image_reward(state, med, pixels, input_ids, attention_mask):
+    """ImageReward.score, written out from the image-reward package (vit.py's VisionTransformer,
+    med.py's BertModel in "multimodal" mode, ImageReward.py's MLP and standardisation) on the
+    checkpoint's own tensor names."""
+    import torch.nn.functional as F
+
+    def p(key):
+        return state[key].float()
+
+    v, t = "blip.visual_encoder.", "blip.text_encoder."
+    width, patch = state[v + "cls_token"].shape[-1], state[v + "patch_embed.proj.weight"].shape[-1]
+    heads = width // 64
+    x = F.conv2d(pixels, p(v + "patch_embed.proj.weight"), p(v + "patch_embed.proj.bias"), stride=patch)
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([p(v + "cls_token").expand(len(x), -1, -1), x], dim=1)
+    x = x + p(v + "pos_embed")[:, :x.shape[1]]
+    depth = len({k.split(".")[3] for k in state if k.startswith(v + "blocks.")})
+    for i in range(depth):
+        b = f"{v}blocks.{i}."
+        h = F.layer_norm(x, (width,), p(b + "norm1.weight"), p(b + "norm1.bias"), eps=1e-6)
+        n = h.shape[1]
+        qkv = F.linear(h, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"))
+        qkv = qkv.reshape(len(h), n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        attention = ((qkv[0] @ qkv[1].transpose(-2, -1)) * (width // heads) ** -0.5).softmax(dim=-1)
+        h = (attention @ qkv[2]).transpose(1, 2).reshape(len(h), n, width)
+        x = x + F.linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"))
+        h = F.layer_norm(x, (width,), p(b + "norm2.weight"), p(b + "norm2.bias"), eps=1e-6)
+        x = x + F.linear(F.gelu(F.linear(h, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias"))),
+                         p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"))
+    image = F.layer_norm(x, (width,), p(v + "norm.weight"), p(v + "norm.bias"), eps=1e-6)
+
+    hidden, heads_t, eps = med["hidden_size"], med["num_attention_heads"], med["layer_norm_eps"]
+    e = p(t + "embeddings.word_embeddings.weight")[input_ids]
+    e = e + p(t + "embeddings.position_embeddings.weight")[: input_ids.shape[1]]
+    e = F.layer_norm(e, (hidden,), p(t + "embeddings.LayerNorm.weight"), p(t + "embeddings.LayerNorm.bias"), eps=eps)
+    text_mask = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0   # med.get_extended_attention_mask
+
+    def attend(prefix, queries, keys, mask):
+        def split(y):
+            return y.reshape(len(y), y.shape[1], heads_t, hidden // heads_t).transpose(1, 2)
+        q = split(F.linear(queries, p(prefix + "self.query.weight"), p(prefix + "self.query.bias")))
+        k = split(F.linear(keys, p(prefix + "self.key.weight"), p(prefix + "self.key.bias")))
+        val = split(F.linear(keys, p(prefix + "self.value.weight"), p(prefix + "self.value.bias")))
+        scores = (q @ k.transpose(-1, -2)) / (hidden // heads_t) ** 0.5 + mask
+        context = (scores.softmax(dim=-1) @ val).transpose(1, 2).reshape(queries.shape)
+        out = F.linear(context, p(prefix + "output.dense.weight"), p(prefix + "output.dense.bias"))
+        return F.layer_norm(out + queries, (hidden,), p(prefix + "output.LayerNorm.weight"),
+                            p(prefix + "output.LayerNorm.bias"), eps=eps)
+
+    for i in range(med["num_hidden_layers"]):
+        b = f"{t}encoder.layer.{i}."
+        h = attend(b + "attention.", e, e, text_mask)
+        h = attend(b + "crossattention.", h, image, 0.0)  # all image tokens attended (mask of ones)
+        inner = F.gelu(F.linear(h, p(b + "intermediate.dense.weight"), p(b + "intermediate.dense.bias")))
+        e = F.layer_norm(F.linear(inner, p(b + "output.dense.weight"), p(b + "output.dense.bias")) + h, (hidden,),
+                         p(b + "output.LayerNorm.weight"), p(b + "output.LayerNorm.bias"), eps=eps)
+    reward = e[:, 0, :]
+    for index in (0, 2, 4, 6, 7):
+        reward = F.linear(reward, p(f"mlp.layers.{index}.weight"), p(f"mlp.layers.{index}.bias"))
+    return ((reward - 0.16717362830052426) / 1.0333394966054072).reshape(-1)
+
+
+def test_image_reward_without_its_files_is_not_computed_with_the_reason(tmp_path):
+    metric = ImageReward.load(tmp_path / "empty")
+    assert not metric.available and metric.update(_images(1, 0)[0], CAPTIONS[:1]) is None
+    assert "ImageReward.pt, med_config.json not found" in metric.reason and "THUDM/ImageReward" in metric.reason
+    assert "--download-weights" in metric.reason
+    result = metric.result()
+    assert result.value is None and result.reason == metric.reason
+    folder = image_reward_standin(tmp_path / "ir", vocab=30)
+    no_tokenizer = ImageReward.load(folder, str(tmp_path / "no-tokenizer"))
+    assert not no_tokenizer.available and "tokenizer cannot be loaded" in no_tokenizer.reason
+
+
+def test_image_reward_loads_the_official_format_and_equals_the_reference_formula(tmp_path):
+    from benchmark.metrics.image_reward import load_tokenizer, preprocess
+
+    tokenizer_dir = tokenizer_standin(tmp_path / "bert")
+    vocab = len(load_tokenizer(str(tokenizer_dir)))
+    assert vocab == 5 + len(WORDS) + 2  # BLIP's [DEC] and [ENC] added
+    folder = image_reward_standin(tmp_path / "ImageReward", vocab=vocab)
+    metric = ImageReward.load(folder, str(tokenizer_dir), batch_size=2)
+    assert metric.available, metric.reason
+    images = _images(3, 4, size=40)[1]
+    ours = metric.scores(images, CAPTIONS)
+    assert ours.dtype == torch.float64 and ours.shape == (3,)
+
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+    from torchvision.transforms.functional import to_pil_image
+
+    from benchmark.metrics.fidelity import to_uint8
+    transform = Compose([Resize(224, interpolation=InterpolationMode.BICUBIC), CenterCrop(224), ToTensor(),
+                         Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+    pixels = torch.stack([transform(to_pil_image(image)) for image in to_uint8(images)])
+    assert torch.equal(preprocess(images), pixels)
+    state = torch.load(folder / "ImageReward.pt")
+    med = json.loads((folder / "med_config.json").read_text())
+    text = load_tokenizer(str(tokenizer_dir))(CAPTIONS, padding="max_length", truncation=True, max_length=35,
+                                               return_tensors="pt")
+    assert text.input_ids.shape == (3, 35) and (text.attention_mask.sum(1) < 35).all()
+    with torch.no_grad():
+        expected = reference_image_reward(state, med, pixels, text.input_ids, text.attention_mask)
+    assert ours.numpy() == pytest.approx(expected.double().numpy(), rel=1e-4, abs=1e-5)
+    assert ours.std() > 1e-3  # the stand-in separates the captions: not a constant head
+
+    # per caption through the run's scorer, the full-precision row included
+    scorer = PerSampleScorer(metric, with_captions=True)
+    assert scorer.setup()["status"] == "computed"
+    row = scorer.reference(images, CAPTIONS)["image_reward"]
+    assert row.per_sample == pytest.approx(ours.tolist()) and row.value == pytest.approx(float(ours.mean()))
+    assert metric_spec("image_reward").higher_is_better and metric_spec("image_reward").per_sample

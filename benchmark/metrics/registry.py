@@ -81,6 +81,7 @@ METRICS = Registry("metric", "hadabench.metrics", {
     "caption_accuracy": "benchmark.metrics.caption_accuracy:METRIC",
     "lpips": "benchmark.metrics.perceptual:METRIC",
     "fid": "benchmark.metrics.fid:METRIC",
+    "image_reward": "benchmark.metrics.image_reward:METRIC",
 }, check=_check_metric)
 
 
