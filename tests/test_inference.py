@@ -290,6 +290,12 @@ def test_binary_intervals_reach_every_consumer():
     assert _with_interval(spec, ranked[0].interval.mean, ranked[0].interval) == "0.969 [0.843, 0.994]"
     recorded = interval_json(values["x"])
     assert recorded["method"] == inference.BINARY_METHOD and recorded["low"] == pytest.approx(0.8425573617998745)
+    from benchmark.results.stats import recorded_spread
+    from benchmark.run.cells import summary
+    assert recorded_spread({"interval": recorded}) == " [0.843, 0.994]"  # the run's line and the full-precision row
+    line = summary("w4a4/x", {"status": "ok", "metrics": {spec.key: {"value": 31 / 32, "interval": recorded}},
+                              "timings": {}})
+    assert "caption_accuracy 0.969 [0.843, 0.994]" in line
     rows = power_rows({"config": {"precisions": ["w4a4"]}, "cells": {c["label"]: c for c in cells}}, spec, 0.05)
     pair = next(r for r in rows if "−" in r["comparison"])
     expected = inference.newcombe_interval(values["x"], values["y"])

@@ -24,11 +24,10 @@ from benchmark.results.compare import cell_samples, pairwise, rank_cells
 from benchmark.results.schema import OK, metric_value, read_results
 from benchmark.results.stats import (
     ALPHA,
-    BINARY_INTERVAL,
     describe_binary_interval,
     describe_interval,
     describe_test,
-    recorded_half_width,
+    recorded_spread,
     small_sample_note,
 )
 
@@ -71,11 +70,7 @@ def _reference_row(results: dict, specs) -> list[str]:
         if entry is None:  # a metric against the full-precision run (SQNR, PSNR, SSIM)
             row.append("–")
             continue
-        value, half, recorded = metric_value(entry), recorded_half_width(entry), entry.get("interval") or {}
-        if half is not None and recorded.get("method") == BINARY_INTERVAL["method"]:
-            row.append(f"{spec.show(value)} [{spec.fmt.format(recorded['low'])}, {spec.fmt.format(recorded['high'])}]")
-            continue
-        row.append(spec.show(value) + (f" ± {spec.fmt.format(half)}" if half is not None else ""))
+        row.append(spec.show(metric_value(entry)) + recorded_spread(entry, spec.fmt))
     return row
 
 

@@ -12,7 +12,7 @@ reports need on top of them:
   caller's Holm family; on 0/1 values the exact McNemar test).
 - ``INTERVAL``, ``PAIRED_TEST`` (``STATISTICS`` both, ``BOOTSTRAP`` its older name): the settings
   recorded with the numbers; ``describe_interval`` and ``describe_test``: the same, as reports print them.
-- ``interval_json`` / ``recorded_half_width``: a cell's recorded interval.
+- ``interval_json`` / ``recorded_half_width`` / ``recorded_spread``: a cell's recorded interval.
 
 Both methods are seeded (numpy's generator, seed 0), so the same per-caption numbers give the
 same intervals and p-values on every machine.
@@ -47,7 +47,7 @@ __all__ = ["ALPHA", "BINARY_INTERVAL", "BOOTSTRAP", "INTERVAL", "LEVEL", "PAIRED
            "Interval", "PairedTest", "SignFlipResult", "captions_for_half_width", "captions_for_power",
            "describe_binary_interval", "describe_interval", "describe_intervals", "describe_test", "draws_for", "holm",
            "holm_adjusted", "interval_json", "mean_interval", "min_p", "paired_interval", "paired_test",
-           "recorded_half_width", "sign_flip_test", "small_sample_note"]
+           "recorded_half_width", "recorded_spread", "sign_flip_test", "small_sample_note"]
 
 # The settings of every interval and test the project reports (recorded with the numbers).
 INTERVAL = {"method": "bootstrap-t (symmetric)", "level": LEVEL, "resamples": inference.RESAMPLES,
@@ -174,6 +174,17 @@ def interval_json(values: Sequence[float]) -> dict:
                 "reason": f"unbounded at {interval.n} captions (a resample of one repeated caption has no spread)",
                 **settings}
     return {"mean": interval.mean, "low": interval.low, "high": interval.high, "samples": interval.n, **settings}
+
+
+def recorded_spread(metric: dict | None, fmt: str = "{:.3f}") -> str:
+    """How a recorded interval is printed after its mean: " ± half-width", " [low, high]" for the
+    asymmetric Wilson interval of a 0/1 metric, or "" when none is recorded."""
+    interval = (metric or {}).get("interval") or {}
+    if interval.get("low") is None or interval.get("high") is None:
+        return ""
+    if interval.get("method") == BINARY_INTERVAL["method"]:
+        return f" [{fmt.format(interval['low'])}, {fmt.format(interval['high'])}]"
+    return f" ± {fmt.format((interval['high'] - interval['low']) / 2)}"
 
 
 def recorded_half_width(metric: dict | None) -> float | None:
