@@ -28,8 +28,11 @@ No interval: FID is biased upwards at small sample sizes, by an amount that depe
 number of images (Chong & Forsyth 2020), and with fewer images than feature dimensions (2048)
 its covariances are rank-deficient. A bootstrap over images repeats images, which shrinks each
 resample's diversity and so moves FID itself, not just its spread: the bootstrap distribution is
-not centred on the estimate and its percentiles do not cover. So FID is reported without an
-interval (said in the result's details), and two FIDs compare only at the same number of images.
+not centred on the estimate and its percentiles do not cover (tests/test_weight_metrics.py
+simulates it on Gaussian features with a known FID: the estimate lies above the truth, the
+resamples further above, and the 95% percentile interval holds the truth in under a fifth of
+the samples). So FID is reported without an interval (said in the result's details), and two
+FIDs compare only at the same number of images.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import contextlib
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +109,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     if min(len(a), len(b)) >= a.shape[1]:
         from pyiqa.archs.fid_arch import frechet_distance as reference
 
-        with contextlib.redirect_stdout(io.StringIO()):  # pyiqa prints when it regularises a singular product
+        # pyiqa prints when it regularises a singular product, and passes sqrtm's deprecated disp
+        # (removed in SciPy 1.18: constraints.txt pins 1.17)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
             return float(reference(mu_a, sigma_a, mu_b, sigma_b))
     centred_a, centred_b = a - mu_a, b - mu_b
     cross = np.linalg.svd(centred_b @ centred_a.T, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
