@@ -527,3 +527,13 @@ def test_a_bootstrap_interval_of_fid_would_not_cover_it():
         resampled.append(np.mean(boots))
     assert true < np.mean(estimates) < np.mean(resampled)
     assert covered / 40 < 0.2
+
+
+def test_images_a_metric_cannot_take_make_it_not_computed_not_a_failed_run(standin_hub, monkeypatch):
+    _use_hub(monkeypatch, standin_hub)
+    small = _images(2, 0, size=16)
+    lpips = LpipsScorer(Lpips.load()).cell(SimpleNamespace(images=small[0]), SimpleNamespace(images=small[1]), None)
+    assert lpips["lpips"].value is None and "at least 32 pixels" in lpips["lpips"].reason
+    one = _images(1, 0)
+    fid = FidScorer(FidFeatures.load(), None).cell(SimpleNamespace(images=one[0]), SimpleNamespace(images=one[1]), None)
+    assert fid["fid"].value is None and "at least 2 images" in fid["fid"].reason

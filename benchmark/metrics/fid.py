@@ -219,6 +219,9 @@ class FidScorer:
         return entry
 
     def _result(self, key: str, ours: np.ndarray, theirs: np.ndarray, against: str) -> MetricResult:
+        if min(len(ours), len(theirs)) < 2:
+            return MetricResult.not_computed(key, f"FID needs at least 2 images in each set, got {len(ours)} and "
+                                                  f"{len(theirs)}", self.features.details)
         details = {**self.features.details, "against": against, "images": len(ours), "reference_images": len(theirs),
                    "aggregate": "set-level: one Fréchet distance for the whole set, no per-caption values"}
         return MetricResult(key, frechet_distance(ours, theirs), None, None, details)

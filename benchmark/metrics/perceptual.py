@@ -175,7 +175,10 @@ class LpipsScorer:
 
     def cell(self, reference, generation, captions) -> dict[str, MetricResult]:
         self.metric.reset()
-        self.metric.update(reference.images, generation.images)
+        try:
+            self.metric.update(reference.images, generation.images)
+        except UserError as error:  # images LPIPS cannot take (too small): not computed, the run goes on
+            return {NAME: MetricResult.not_computed(NAME, str(error), self.metric.details)}
         return {NAME: self.metric.result()}
 
 
