@@ -116,7 +116,7 @@ CASES = [
     Case("ignored param", [*FRESH, "--transforms", "hadanorm(block_size=<script>alert(1)</script>)"],
          "block_size", xfail=ISSUE_15),
     Case("metrics empty", [*FRESH, "--metrics", ""], "no metrics given"),
-    Case("metrics unknown", [*FRESH, "--metrics", "sqnr,fid"], "unknown metric 'fid'"),
+    Case("metrics unknown", [*FRESH, "--metrics", "sqnr,kid"], "unknown metric 'kid'"),
     Case("captions unknown", [*FRESH, "--captions", "imagenet"], "unknown caption source"),
     Case("captions file, no file", [*FRESH, "--captions", "file"], "needs --caption-file"),
     Case("caption file missing", [*FRESH, "--captions", "file", "--caption-file", "/nonexistent/c.txt"],

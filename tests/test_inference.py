@@ -195,3 +195,108 @@ def test_student_t_against_scipy_where_installed():
     for df in (1, 2.5, 5, 31, 200):
         for p in (0.55, 0.9, 0.975, 0.9995):
             assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+# -- 0/1 metrics: Wilson's interval, Newcombe's paired interval, the McNemar test -------------------------
+
+def _textbook_wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson (1927) as textbooks write it: (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    p = k / n
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 8), (1, 8), (31, 32), (32, 32), (16, 32), (60, 128), (127, 128)])
+def test_wilson_interval_matches_the_textbook_formula_and_scipy(k, n):
+    z = 1.959963984540054  # the 0.975 normal quantile
+    interval = inference.mean_interval([1.0] * k + [0.0] * (n - k))
+    assert interval.method == inference.BINARY_METHOD and not interval.symmetric
+    assert interval.mean == k / n and interval.n == n
+    low, high = _textbook_wilson(k, n, z)
+    assert interval.low == pytest.approx(max(low, 0.0), abs=1e-12)
+    assert interval.high == pytest.approx(min(high, 1.0), abs=1e-12)
+    assert 0 <= interval.low <= interval.mean <= interval.high <= 1
+    stats = pytest.importorskip("scipy.stats")
+    reference = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert (interval.low, interval.high) == pytest.approx((reference.low, reference.high), abs=1e-12)
+
+
+def test_wilson_replaces_the_unbounded_bootstrap_t_on_one_failure():
+    values = [1.0] * 31 + [0.0]
+    bootstrap = inference.mean_interval(values, method=inference.DEFAULT_METHOD)
+    assert not math.isfinite(bootstrap.half_width)  # the leaderboard's former "± ∞"
+    wilson = inference.mean_interval(values)
+    assert math.isfinite(wilson.half_width) and wilson.high < 1
+    everything = inference.mean_interval([1.0] * 32)  # the bootstrap's "± 0.000"
+    assert everything.high == 1 and everything.low == pytest.approx(_textbook_wilson(32, 32, 1.959963984540054)[0])
+    # values that are not all 0/1 keep the bootstrap-t
+    assert inference.mean_interval([1.0] * 31 + [0.5]).method == inference.DEFAULT_METHOD
+
+
+def _textbook_newcombe(a: int, b: int, c: int, d: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Newcombe (1998) method 10, written from the paper (and Altman et al., Statistics with
+    Confidence, 2000, p. 52): a = both 1, b = first only, c = second only, d = neither."""
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = _textbook_wilson(a + b, n, z)
+    l2, u2 = _textbook_wilson(a + c, n, z)
+    big_a = (a + b) * (c + d) * (a + c) * (b + d)
+    big_b = a * d - b * c
+    big_c = big_b - n / 2 if big_b > n / 2 else (big_b if big_b < 0 else 0)
+    phi = big_c / math.sqrt(big_a) if big_a > 0 else 0.0
+    delta = math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    epsilon = math.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
+    return p1 - p2 - delta, p1 - p2 + epsilon
+
+
+@pytest.mark.parametrize("table", [(36, 12, 2, 6), (30, 1, 0, 1), (31, 0, 1, 0), (20, 5, 5, 2), (10, 0, 0, 22),
+                                   (0, 3, 9, 20)])
+def test_newcombe_paired_interval_matches_the_paper(table):
+    both, only_a, only_b, neither = table
+    a = [1.0] * both + [1.0] * only_a + [0.0] * only_b + [0.0] * neither
+    b = [1.0] * both + [0.0] * only_a + [1.0] * only_b + [0.0] * neither
+    interval = inference.paired_interval(a, b)
+    assert interval.method == inference.PAIRED_BINARY_METHOD
+    assert interval.mean == pytest.approx((only_a - only_b) / len(a))
+    low, high = _textbook_newcombe(*table)
+    assert (interval.low, interval.high) == pytest.approx((max(low, -1), min(high, 1)), abs=1e-12)
+    assert interval.low <= interval.mean <= interval.high
+    # the stats layer gives the same interval to paired_test (compare, findings) and power
+    from benchmark.results import stats
+    assert stats.paired_test(a, b).difference == interval
+
+
+def test_sign_flip_on_binary_differences_is_the_exact_mcnemar_test():
+    stats = pytest.importorskip("scipy.stats")
+    a = [1.0] * 20 + [1.0] * 7 + [0.0] * 1 + [0.0] * 4
+    b = [1.0] * 20 + [0.0] * 7 + [1.0] * 1 + [0.0] * 4
+    test = inference.sign_flip_test(np.subtract(a, b))
+    assert test.exact
+    assert test.p == pytest.approx(stats.binomtest(7, 8, 0.5).pvalue, rel=1e-12)  # exact McNemar: 7 of 8 discordant
+
+
+def test_binary_intervals_reach_every_consumer():
+    from benchmark.metrics.registry import metric_spec
+    from benchmark.reports.leaderboard import _with_interval
+    from benchmark.results.compare import power_rows, rank_cells
+    from benchmark.results.stats import interval_json
+
+    spec = metric_spec("caption_accuracy")
+    values = {"x": [1.0] * 31 + [0.0], "y": [1.0] * 28 + [0.0] * 4}
+    cells = [{"label": k, "precision": "w4a4", "status": "ok", "per_sample": {spec.key: v},
+              "metrics": {spec.key: {"value": float(np.mean(v))}}} for k, v in values.items()]
+    ranked = rank_cells(cells, spec)
+    assert [r.interval.method for r in ranked] == [inference.BINARY_METHOD] * 2
+    assert _with_interval(spec, ranked[0].interval.mean, ranked[0].interval) == "0.969 [0.843, 0.994]"
+    recorded = interval_json(values["x"])
+    assert recorded["method"] == inference.BINARY_METHOD and recorded["low"] == pytest.approx(0.8425573617998745)
+    from benchmark.results.stats import recorded_spread
+    from benchmark.run.cells import summary
+    assert recorded_spread({"interval": recorded}) == " [0.843, 0.994]"  # the run's line and the full-precision row
+    line = summary("w4a4/x", {"status": "ok", "metrics": {spec.key: {"value": 31 / 32, "interval": recorded}},
+                              "timings": {}})
+    assert "caption_accuracy 0.969 [0.843, 0.994]" in line
+    rows = power_rows({"config": {"precisions": ["w4a4"]}, "cells": {c["label"]: c for c in cells}}, spec, 0.05)
+    pair = next(r for r in rows if "−" in r["comparison"])
+    expected = inference.newcombe_interval(values["x"], values["y"])
+    assert pair["half_width"] == pytest.approx(expected.half_width)

@@ -37,7 +37,7 @@ def test_config_layers(tmp_path):
     ("colour = 1\n", "unknown configuration key 'colour'"),
     ('precisions = ["w4a9"]\n', "unknown precision"),
     ('captions = "imagenet"\n', "unknown caption source"),
-    ('metrics = ["fid"]\n', "unknown metric 'fid'"),
+    ('metrics = ["kid"]\n', "unknown metric 'kid'"),
     ("steps = 0\n", "steps must be a positive integer"),
     ("steps = [\n", "invalid TOML"),
 ])

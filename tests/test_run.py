@@ -109,7 +109,7 @@ def test_a_failing_plugin_fails_only_its_cell(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--transforms", "none,nosuch"], "unknown transform 'nosuch'"),
     (["--model", "hadabench/no-such-model"], "cannot load a pipeline"),
-    (["--metrics", "sqnr,fid"], "unknown metric 'fid'"),
+    (["--metrics", "sqnr,kid"], "unknown metric 'kid'"),
     (["--precisions", "w4a9"], "precision"),
     (["--transforms", "hadanorm(alpha=2)"], "alpha"),
     (["--captions", "file", "--caption-file", "/nonexistent/captions.txt"], "no such caption file"),

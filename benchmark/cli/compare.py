@@ -9,7 +9,7 @@ from benchmark.metrics.registry import metric_spec
 from benchmark.reports import markdown as md
 from benchmark.results.compare import compare_runs
 from benchmark.results.schema import read_results
-from benchmark.results.stats import ALPHA, INTERVAL, describe_interval, describe_test, small_sample_note
+from benchmark.results.stats import ALPHA, INTERVAL, describe_intervals, describe_test, small_sample_note
 
 
 def difference(interval) -> str:
@@ -22,12 +22,16 @@ def difference(interval) -> str:
 
 def command(args) -> int:
     spec = metric_spec(args.metric)
+    if not spec.per_sample:
+        raise UserError(f"{spec.key} is a set-level metric (one number per set of images): it has no per-caption "
+                        "values to pair, test or size")
     rows = compare_runs(read_results(args.a), read_results(args.b), spec)
     if not rows:
         raise UserError(f"{args.a} and {args.b} share no cell with per-caption values of {spec.key}")
     level = f"{INTERVAL['level']:.0%}"
     exact = "exact" if all(r["exact"] for r in rows) else "Monte Carlo where above the exact limit"
-    print(f"{spec.header}: B − A per cell over the same captions: the mean difference [{describe_interval()}]\n"
+    methods = describe_intervals(r["difference"] for r in rows)
+    print(f"{spec.header}: B − A per cell over the same captions: the mean difference [{methods}]\n"
           f"p: {describe_test()}; here {exact}\n"
           f"Holm p, verdict: Holm's correction over the {len(rows)} cells compared, at family-wise {ALPHA:g}\n"
           f"A = {args.a}\nB = {args.b}\n")

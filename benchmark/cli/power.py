@@ -9,7 +9,7 @@ from benchmark.metrics.registry import metric_spec
 from benchmark.reports import markdown as md
 from benchmark.results.compare import power_rows
 from benchmark.results.schema import read_results
-from benchmark.results.stats import ALPHA, INTERVAL, describe_interval, describe_test, small_sample_note
+from benchmark.results.stats import ALPHA, INTERVAL, describe_intervals, describe_test, small_sample_note
 
 POWER = 0.8
 
@@ -18,13 +18,17 @@ def command(args) -> int:
     if not args.target > 0:
         raise UserError(f"--target must be a positive number, got {args.target}")
     spec = metric_spec(args.metric)
+    if not spec.per_sample:
+        raise UserError(f"{spec.key} is a set-level metric (one number per set of images): it has no per-caption "
+                        "values to pair, test or size")
     results = read_results(args.results)
     rows = power_rows(results, spec, args.target, power=POWER)
     if not rows:
         raise UserError(f"{args.results}: no cell has per-caption values of {spec.key}")
     level = f"{INTERVAL['level']:.0%}"
     families = sorted({(r["precision"], r["tests"]) for r in rows if "tests" in r})
-    print(f"{spec.header}: mean ± half-width of the {describe_interval()}, for each cell and each paired "
+    methods = describe_intervals(r["interval"] for r in rows)
+    print(f"{spec.header}: mean ± half-width of the {methods}, for each cell and each paired "
           "difference at this run's captions.\n"
           f"- precision ±{args.target:g}: captions for a {level} t-interval of ±{args.target:g} "
           "(a precision target, not power: about even odds of calling a difference of that size significant)\n"

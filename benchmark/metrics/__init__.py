@@ -3,6 +3,11 @@
 - ``sqnr``:       SQNR (dB) of the quantized output against the full-precision one.
 - ``clip_score``: CLIP score (Hessel et al. 2021) with open_clip.
 - ``clip_iqa``:   CLIP-IQA (Wang et al. 2023) with pyiqa's ``clipiqa``.
+- ``fidelity``:   PSNR and SSIM against the full-precision images; ``caption_accuracy``: the
+  embedded model's caption checker.
+- ``perceptual``: LPIPS (AlexNet) against the full-precision images, with torchmetrics.
+- ``fid``:        FID (set-level) against the full-precision images and a reference folder, with pyiqa.
+- ``image_reward``: ImageReward (THUDM) on transformers' BLIP.
 
 A metric whose model cannot be loaded (no weights in the cache, no hub, package missing)
 is reported as not computed: ``value is None`` and ``reason`` says why. No number is ever

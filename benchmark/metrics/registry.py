@@ -79,6 +79,9 @@ METRICS = Registry("metric", "hadabench.metrics", {
     "psnr": "benchmark.metrics.fidelity:PSNR",
     "ssim": "benchmark.metrics.fidelity:SSIM",
     "caption_accuracy": "benchmark.metrics.caption_accuracy:METRIC",
+    "lpips": "benchmark.metrics.perceptual:METRIC",
+    "fid": "benchmark.metrics.fid:METRIC",
+    "image_reward": "benchmark.metrics.image_reward:METRIC",
 }, check=_check_metric)
 
 

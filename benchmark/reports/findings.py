@@ -5,7 +5,7 @@ Between ``<!-- results:begin -->`` and ``<!-- results:end -->`` the README holds
 sentences, each with its paired difference ± half-width and its Holm verdict. Every number is
 computed here from the results documents by the functions the leaderboard uses: ``rank_cells``
 for the table's intervals, ranks and bold, ``pairwise`` (the family of all pairs of a precision,
-the leaderboard's matrix) for the verdicts, ``mean_interval`` for a paired difference's interval,
+the leaderboard's matrix) for the verdicts, ``paired_interval`` for a paired difference's interval,
 ``compare_runs`` for one transform at two precisions or in two runs; the leaderboard's own
 formatting prints them. Only the sentences' templates are written here, so a number in the prose
 cannot disagree with the tables.
@@ -37,7 +37,14 @@ from benchmark.reports import leaderboard as board
 from benchmark.reports import markdown as md
 from benchmark.results.compare import cell_samples, compare_runs, pairwise, rank_cells
 from benchmark.results.schema import OK, metric_value
-from benchmark.results.stats import ALPHA, Interval, describe_interval, describe_test, mean_interval, small_sample_note
+from benchmark.results.stats import (
+    ALPHA,
+    Interval,
+    describe_interval,
+    describe_test,
+    paired_interval,
+    small_sample_note,
+)
 from benchmark.run.config import hashed_differences
 
 __all__ = ["BEGIN", "END", "HEADLINE", "Difference", "PairedDifferences", "check_markers", "combine", "findings",
@@ -117,7 +124,7 @@ def _pair(a: str, b: str) -> str:
 class PairedDifferences:
     """Every ordered pair of the cells of one precision with per-caption values of ``spec``: the
     sign-flip tests of ``pairwise`` with Holm's correction over all the pairs (the family that
-    ``rank_cells`` and the leaderboard's matrix use), the intervals of ``mean_interval``."""
+    ``rank_cells`` and the leaderboard's matrix use), the intervals of ``paired_interval``."""
 
     def __init__(self, results: dict, precision: str, spec: MetricSpec):
         self.precision, self.spec = precision, spec
@@ -135,7 +142,7 @@ class PairedDifferences:
         if (a, b) not in self:
             return None
         test = self._pairs[self.labels.index(a), self.labels.index(b)]
-        interval = mean_interval(np.asarray(self.samples[a]) - np.asarray(self.samples[b]))
+        interval = paired_interval(self.samples[a], self.samples[b])
         return Difference(self.precision, a, b, interval, test.p_holm, test.significant, self.tests)
 
     def mean(self, label: str) -> float:

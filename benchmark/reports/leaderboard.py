@@ -22,7 +22,14 @@ from benchmark.metrics.registry import leaderboard_metrics
 from benchmark.reports import markdown as md
 from benchmark.results.compare import cell_samples, pairwise, rank_cells
 from benchmark.results.schema import OK, metric_value, read_results
-from benchmark.results.stats import ALPHA, describe_interval, describe_test, recorded_half_width, small_sample_note
+from benchmark.results.stats import (
+    ALPHA,
+    describe_binary_interval,
+    describe_interval,
+    describe_test,
+    recorded_spread,
+    small_sample_note,
+)
 
 # The paper's Table 1 (W4A4) and appendix table (W6A6), PixArt-Sigma, 20 steps
 # (SQNR dB, CLIP score, CLIP-IQA).
@@ -43,9 +50,13 @@ def is_pixart_sigma(model: str) -> bool:
 
 
 def _with_interval(spec, value, interval) -> str:
+    """"mean ± half-width"; "mean [low, high]" for the asymmetric interval of a 0/1 metric (Wilson's,
+    or Newcombe's for a paired difference)."""
     text = spec.show(value)
     if interval is None:
         return text
+    if not interval.symmetric:
+        return f"{text} [{spec.fmt.format(interval.low)}, {spec.fmt.format(interval.high)}]"
     if not math.isfinite(interval.half_width):  # fewer than 4 captions: the bootstrap-t is unbounded
         return f"{text} ± ∞"
     return f"{text} ± {spec.fmt.format(interval.half_width)}"
@@ -59,8 +70,7 @@ def _reference_row(results: dict, specs) -> list[str]:
         if entry is None:  # a metric against the full-precision run (SQNR, PSNR, SSIM)
             row.append("–")
             continue
-        value, half = metric_value(entry), recorded_half_width(entry)
-        row.append(spec.show(value) + (f" ± {spec.fmt.format(half)}" if half is not None else ""))
+        row.append(spec.show(metric_value(entry)) + recorded_spread(entry, spec.fmt))
     return row
 
 
@@ -97,9 +107,11 @@ def _table(results: dict, precision: str, link_base: Path) -> list[str]:
         for spec in specs:
             entry = ranked[spec.key][index]
             text = _with_interval(spec, metric_value(cell["metrics"].get(spec.key)), entry.interval)
-            row.append(f"**{text}**" if entry.tied_with_best else text)
+            # a set-level number (FID) has no per-caption values: no interval, no test, so no bold
+            row.append(f"**{text}**" if entry.tied_with_best and spec.per_sample else text)
         rows.append(row)
-    headers = ["transform", "rank"] + [md.cell(spec.header) for spec in specs]  # a plugin metric's: untrusted
+    headers = ["transform", "rank"] + [md.cell(spec.header + ("" if spec.per_sample else " (set-level)"))
+                                       for spec in specs]  # a plugin metric's: untrusted
     paper = PAPER.get(precision, {}) if is_pixart_sigma(results["config"]["model"]) else {}
     if paper:
         shown = [spec for spec in leaderboard_metrics() if spec.key in _PAPER_KEYS]
@@ -168,14 +180,17 @@ def render(result_files: list[str | Path], output: str | Path) -> str:
     lines = ["# hadabench leaderboard", "",
              "One section per model, one table per run and precision; every cell of a table was "
              "generated from the same captions and seeds as its full-precision run. A number is "
-             f"the mean over the evaluation captions ± the half-width of its {describe_interval()}. "
+             f"the mean over the evaluation captions ± the half-width of its {describe_interval()}; "
+             "for a metric whose per-caption values are all 0 or 1 (caption accuracy), the mean with its "
+             f"{describe_binary_interval()}. "
              "**Bold**: not significantly worse than the best of its column. Rank: 1 + the number of "
              "transforms significantly better in SQNR. Significance: a "
              f"{describe_test()}, with Holm's correction over all the pairs of transforms of the table "
              f"(one family per table and column) at family-wise {ALPHA:g}. "
              "SQNR: of the final latents against the full-precision run, mean of per-sample dB. "
-             "CLIP score: 100 · max(cos(image, caption), 0). PSNR and SSIM: of the 8-bit images against "
-             "the full-precision run's. One column per metric computed; the metrics not computed are "
+             "CLIP score: 100 · max(cos(image, caption), 0). PSNR, SSIM and LPIPS: of the 8-bit images against "
+             "the full-precision run's. FID is set-level (one number per set of images, marked so): no "
+             "interval, no test, never bold. One column per metric computed; the metrics not computed are "
              "listed under each run's tables with the reason.", ""]
     for model in dict.fromkeys(r["config"]["model"] for _, r in runs):
         lines += [f"## {md.text(model)}", ""]
@@ -204,6 +219,8 @@ def _run_sections(name: str, results: dict, link_base: Path) -> list[str]:
         lines += _table(results, precision, link_base)
     setup = results.get("metric_setup", {})
     reasons = {name: entry.get("reason") for name, entry in setup.items() if entry.get("status") != "computed"}
+    reasons.update({key: why for entry in setup.values() if entry.get("status") == "computed"
+                    for key, why in (entry.get("not_computed") or {}).items()})  # one key of a computed metric
     reasons.update({spec.computed_by: "not requested in this run (--metrics)" for spec in leaderboard_metrics()
                     if spec.computed_by not in setup})
     lines += [f"- **{md.text(metric)}** not computed: {md.text(reason)}" for metric, reason in reasons.items()]

@@ -26,6 +26,7 @@ from benchmark.results.stats import (
     captions_for_power,
     holm_adjusted,
     mean_interval,
+    paired_interval,
     paired_test,
 )
 
@@ -116,7 +117,7 @@ def power_rows(results: dict, spec: MetricSpec, target: float, power: float = 0.
         usable = [(label, s) for label, s in usable if s is not None and len(s) >= 2]
         for label, values in usable:
             interval = mean_interval(values)
-            rows.append({"precision": precision, "comparison": label, "mean": interval.mean,
+            rows.append({"precision": precision, "comparison": label, "mean": interval.mean, "interval": interval,
                          "half_width": interval.half_width, "captions": interval.n,
                          "for_half_width": captions_for_half_width(values, target)})
         tests = pairwise([s for _, s in usable], alpha) if len(usable) > 1 else {}
@@ -124,9 +125,10 @@ def power_rows(results: dict, spec: MetricSpec, target: float, power: float = 0.
         for i in range(len(usable)):
             for j in range(i + 1, len(usable)):
                 differences = np.asarray(usable[i][1]) - np.asarray(usable[j][1])
-                interval, pair = mean_interval(differences), tests[i, j]
+                interval, pair = paired_interval(usable[i][1], usable[j][1]), tests[i, j]
                 rows.append({"precision": precision, "comparison": f"{usable[i][0]} − {usable[j][0]}",
-                             "mean": interval.mean, "half_width": interval.half_width, "captions": interval.n,
+                             "mean": interval.mean, "interval": interval, "half_width": interval.half_width,
+                             "captions": interval.n,
                              "for_half_width": captions_for_half_width(differences, target),
                              "for_power": captions_for_power(differences, power, alpha / family),
                              "power_alpha": alpha / family, "tests": family, "p_value": pair.p,

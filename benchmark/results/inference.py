@@ -16,6 +16,15 @@ simulation on the project's own per-caption values (scripts/coverage.py), not by
   p-values go down to 2 / 2**n instead of a bootstrap's 1 / (resamples + 1) floor, which made
   Holm blind beyond ~100 tests. It is exact when the null differences are symmetric about 0;
   on skewed differences it over-rejects, most at the tiny thresholds of a large Holm family.
+- ``wilson_interval`` / ``newcombe_interval``: a metric whose per-caption values are all 0 or 1
+  (caption accuracy) is a proportion: its interval is Wilson's score interval (Wilson 1927), and
+  the interval of a paired difference of two such metrics Newcombe's hybrid score interval for
+  paired proportions (Newcombe 1998, method 10). The bootstrap-t degenerates on them: a resample
+  without the one 0 has no spread, so it is unbounded (the leaderboard's former "± ∞").
+  ``mean_interval`` and ``paired_interval`` choose them by themselves when the values are all 0/1,
+  so every consumer gets them from here. Their paired test stays ``sign_flip_test``: on
+  differences in {-1, 0, 1} the exact sign-flip test leaves the ties (0) out and counts the
+  signs of the discordant captions, which is the exact McNemar test.
 - ``holm`` / ``holm_adjusted``: family-wise error control for any set of tests.
 - ``ranks``: 1 + the number of cells significantly better, all pairs of a table in one Holm family.
 - ``captions_for_half_width`` (a precision target) and ``captions_for_power`` (power).
@@ -36,10 +45,11 @@ import numpy as np
 
 from benchmark.errors import UserError
 
-__all__ = ["ALPHA", "DEFAULT_METHOD", "EXACT_MAX_N", "LEVEL", "METHODS", "SMALL_SAMPLE", "Interval", "Pair",
-           "SignFlipResult", "captions_for_half_width", "captions_for_power", "draws_for", "holm",
-           "holm_adjusted", "mean_interval", "mean_intervals", "paired_interval", "pairwise", "ranks",
-           "sign_flip_test", "small_sample_note", "t_cdf", "t_quantile"]
+__all__ = ["ALPHA", "BINARY_METHOD", "DEFAULT_METHOD", "EXACT_MAX_N", "LEVEL", "METHODS", "PAIRED_BINARY_METHOD",
+           "SMALL_SAMPLE", "Interval", "Pair", "SignFlipResult", "captions_for_half_width", "captions_for_power",
+           "draws_for", "holm", "holm_adjusted", "is_binary", "mean_interval", "mean_intervals", "newcombe_interval",
+           "paired_interval", "pairwise", "ranks", "sign_flip_test", "small_sample_note", "t_cdf", "t_quantile",
+           "wilson_interval"]
 
 ALPHA = 0.05
 LEVEL = 1 - ALPHA
@@ -52,6 +62,8 @@ DEFAULT_MIN_ALPHA = ALPHA / 100  # smallest threshold a lone test should resolve
 ALTERNATIVES = ("two-sided", "greater", "less")
 METHODS = ("bootstrap-t", "t", "bootstrap-t equal-tailed", "bca", "sign-flip")
 DEFAULT_METHOD = "bootstrap-t"
+BINARY_METHOD = "Wilson score"                  # values all 0/1: a proportion
+PAIRED_BINARY_METHOD = "Newcombe hybrid score"  # a paired difference of two proportions
 _CHUNK = 1 << 16           # rows of sign patterns per vectorised block
 _NORMAL = NormalDist()
 
@@ -316,7 +328,14 @@ class Interval:
 
     @property
     def half_width(self) -> float:
+        """Half the interval's width (for the asymmetric intervals of 0/1 metrics, not the distance
+        from the mean to either bound: report ``low`` and ``high`` for those)."""
         return (self.high - self.low) / 2
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether the interval is mean -+ half_width by construction (not Wilson's nor Newcombe's)."""
+        return self.method not in (BINARY_METHOD, PAIRED_BINARY_METHOD)
 
 
 @lru_cache(maxsize=64)
@@ -432,26 +451,96 @@ def mean_intervals(samples: np.ndarray, level: float = LEVEL, method: str = DEFA
     return x.mean(axis=1), np.concatenate(lows), np.concatenate(highs)
 
 
-def mean_interval(values: Sequence[float], level: float = LEVEL, method: str = DEFAULT_METHOD) -> Interval:
+def is_binary(values: Sequence[float] | np.ndarray) -> bool:
+    """Whether every value is exactly 0 or 1 (a per-caption pass/fail metric: a proportion)."""
+    x = np.asarray(values, dtype=float).ravel()
+    return x.size > 0 and bool(np.all((x == 0) | (x == 1)))
+
+
+def _z(level: float) -> float:
+    if not 0 < level < 1:
+        raise UserError(f"level {level} is not in (0, 1)")
+    return _NORMAL.inv_cdf(1 - (1 - level) / 2)
+
+
+def _wilson_bounds(successes: float, n: int, z: float) -> tuple[float, float]:
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def wilson_interval(successes: int, n: int, level: float = LEVEL) -> Interval:
+    """Wilson's score interval of a proportion ``successes / n`` (Wilson 1927): the p whose score
+    test, |p_hat - p| / sqrt(p (1 - p) / n) <= z, accepts, i.e. the roots of a quadratic in p.
+    Asymmetric, inside [0, 1], and of non-zero width at 0 and n successes (where the Wald and the
+    bootstrap intervals collapse); its coverage stays near the nominal level at small n
+    (Brown, Cai & DasGupta 2001)."""
+    if n < 1 or not 0 <= successes <= n or successes != int(successes):
+        raise UserError(f"Wilson interval: {successes} successes of {n}")
+    low, high = _wilson_bounds(float(successes), int(n), _z(level))
+    return Interval(successes / n, low, high, level, BINARY_METHOD, int(n))
+
+
+def newcombe_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
+    """The interval of mean(a) - mean(b) for 0/1 values ``a[i]``, ``b[i]`` of the same captions:
+    Newcombe's hybrid score interval for paired proportions (Newcombe 1998, method 10). With the
+    Wilson intervals (l1, u1) of p1 = mean(a) and (l2, u2) of p2 = mean(b), and phi the correlation
+    of the pairs' 2 x 2 table with Newcombe's correction (cells both, only_a, only_b, neither: B =
+    both * neither - only_a * only_b, C = B - n/2 when B > n/2, 0 when 0 <= B <= n/2, B when B < 0;
+    phi = C / sqrt(product of the margins), 0 when a margin is empty), D = p1 - p2 lies in
+    [D - sqrt((p1-l1)^2 - 2 phi (p1-l1)(u2-p2) + (u2-p2)^2), D + sqrt((u1-p1)^2 - 2 phi (u1-p1)(p2-l2) + (p2-l2)^2)].
+    """
+    x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if len(x) != len(y) or not (is_binary(x) and is_binary(y)):
+        raise UserError("Newcombe interval: two series of 0/1 values over the same captions")
+    n, z = len(x), _z(level)
+    both, only_a = float(np.sum((x == 1) & (y == 1))), float(np.sum((x == 1) & (y == 0)))
+    only_b, neither = float(np.sum((x == 0) & (y == 1))), float(np.sum((x == 0) & (y == 0)))
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = _wilson_bounds(both + only_a, n, z)
+    l2, u2 = _wilson_bounds(both + only_b, n, z)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    association = both * neither - only_a * only_b
+    corrected = association - n / 2 if association > n / 2 else min(association, 0.0)
+    phi = corrected / math.sqrt(margins) if margins > 0 else 0.0
+    d = p1 - p2
+    below = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    above = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return Interval(float(math.fsum(x - y) / n), max(-1.0, d - below), min(1.0, d + above), level,
+                    PAIRED_BINARY_METHOD, n)
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL, method: str | None = None) -> Interval:
     """The mean of ``values`` (one cell's captions, or paired differences) with its interval.
 
-    Default: the symmetric bootstrap-t, mean -+ q se with q the ``level`` quantile of
-    |resampled mean - mean| / resampled se over 2000 resamples (seed 0, so the same numbers
-    every time). Studentizing lets the interval widen when a resample shows the tails the
-    sample hints at, which the percentile bootstrap cannot; symmetry keeps it stable at small n.
-    scripts/coverage.py measures every method on this project's data."""
+    ``method`` None: Wilson's score interval (``wilson_interval``) when every value is 0 or 1 (a
+    proportion), else ``DEFAULT_METHOD``. The default: the symmetric bootstrap-t, mean -+ q se with q
+    the ``level`` quantile of |resampled mean - mean| / resampled se over 2000 resamples (seed 0,
+    so the same numbers every time). Studentizing lets the interval widen when a resample shows the
+    tails the sample hints at, which the percentile bootstrap cannot; symmetry keeps it stable at
+    small n. scripts/coverage.py measures every method on this project's data. A paired difference
+    of two 0/1 metrics needs both series: ``paired_interval``."""
     x = _finite(values, "interval", at_least=2)
+    if method is None and is_binary(x):
+        return wilson_interval(int(x.sum()), len(x), level)
+    method = DEFAULT_METHOD if method is None else method
     _, low, high = mean_intervals(x[None, :], level, method)
     return Interval(float(math.fsum(x) / len(x)), float(low[0]), float(high[0]), level, method, len(x))
 
 
 def paired_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
-                    method: str = DEFAULT_METHOD) -> Interval:
-    """The interval of mean(a - b) over the same captions (a[i] and b[i] score caption i)."""
+                    method: str | None = None) -> Interval:
+    """The interval of mean(a - b) over the same captions (a[i] and b[i] score caption i):
+    ``newcombe_interval`` when both are 0/1 (and ``method`` None), else ``mean_interval`` of the
+    differences."""
     a, b = _finite(a, "paired interval"), _finite(b, "paired interval")
     if len(a) != len(b):
         raise UserError(f"paired interval: {len(a)} and {len(b)} samples; pairs need the same captions")
-    return mean_interval(a - b, level, method)
+    if method is None and is_binary(a) and is_binary(b):
+        return newcombe_interval(a, b, level)
+    return mean_interval(a - b, level, DEFAULT_METHOD if method is None else method)
 
 
 # -- ranks ----------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from benchmark.metrics.registry import metric_specs
 from benchmark.models.base import Generation
 from benchmark.quant.grid import Precision
 from benchmark.results.schema import FAILED, OK, cell_key, metric_value
-from benchmark.results.stats import recorded_half_width
+from benchmark.results.stats import recorded_spread
 from benchmark.run.config import RunConfig, TransformSpec
 from benchmark.run.distributed import BATCH_SIZE, failure
 from benchmark.run.subset import Subset
@@ -131,9 +131,7 @@ def summary(key: str, cell: dict) -> str:
     for spec in metric_specs().values():
         entry = cell["metrics"].get(spec.key)
         if entry is not None and spec.per_sample:
-            half = recorded_half_width(entry)
-            spread = f" ± {half:.3f}" if half is not None else ""
-            shown.append(f"{spec.key} {spec.show(metric_value(entry))}{spread}")
+            shown.append(f"{spec.key} {spec.show(metric_value(entry))}{recorded_spread(entry)}")
     seconds = sum(cell["timings"].values())
     inexact = "" if cell.get("exactness", {}).get("exact", True) else \
         f"  INEXACT at fp (relative error {cell['exactness']['worst_relative_error']:.2e}, allowed)"

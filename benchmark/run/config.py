@@ -194,9 +194,16 @@ class RunConfig:
             "inputs' Hessian, taken through the transform; integer weight grids only; calibration then keeps "
             "two C x C Hessians per group). Every cell records it")
     download_weights: bool = option(False, switch=True, hashed=False, shown="off",
-                                    help="let CLIP score and CLIP-IQA fetch missing weights (otherwise: not computed)",
-                                    doc="let the CLIP metrics fetch missing weights; otherwise they are "
-                                        "\"not computed\"")
+                                    help="let CLIP score, CLIP-IQA, LPIPS, FID and ImageReward fetch missing weights "
+                                         "(otherwise: not computed)",
+                                    doc="let the weight-bound metrics (CLIP score, CLIP-IQA, LPIPS, FID, ImageReward) "
+                                        "fetch missing weights; otherwise they are \"not computed\" "
+                                        "([metrics](#captions-and-metrics))")
+    fid_reference: str | None = option(None, metavar="DIR", hashed="unless_none", shown="–",
+                                       help="a folder of reference images (e.g. COCO val) for fid_reference",
+                                       doc="a folder of reference images (e.g. COCO val images): FID of the "
+                                           "full-precision row and of each cell against them (`fid_reference`); "
+                                           "without it only FID against the full-precision images")
     allow_inexact: bool = option(False, switch=True, shown="off",
                                  help="run transforms that are not exact at full precision (rows marked) instead of "
                                       "failing their cells",

@@ -41,6 +41,7 @@ from benchmark.results.stats import (
     describe_test,
     holm_adjusted,
     mean_interval,
+    paired_interval,
     sign_flip_test,
     small_sample_note,
 )
@@ -73,13 +74,15 @@ STUDY_DEFAULTS = {"precisions": ["a4"], "transforms": LATTICE, "metrics": ["sqnr
 ALL = "all"  # the row with every role quantized at once
 
 # -- intervals and tests: the project's statistics over captions (benchmark/results/stats.py) --------
-def mean_ci(values) -> dict:
-    """{"mean", "low", "high", "n"}: the mean and its symmetric bootstrap-t interval (no
-    interval, low and high None, when a value is not finite, or the interval is unbounded: fewer
-    than 4 captions, where over 5% of the resamples repeat one caption)."""
+def mean_ci(values, paired_with=None) -> dict:
+    """{"mean", "low", "high", "n"}: the mean and its symmetric bootstrap-t interval, Wilson's for
+    0/1 values (no interval, low and high None, when a value is not finite, or the interval is
+    unbounded: fewer than 4 captions, where over 5% of the resamples repeat one caption).
+    ``paired_with``: ``values`` are ``a - b`` and this is ``(a, b)``: the interval is
+    ``paired_interval``'s (Newcombe's when both are 0/1)."""
     values = [float(v) for v in values]
     try:
-        interval = mean_interval(values)
+        interval = mean_interval(values) if paired_with is None else paired_interval(*paired_with)
         if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
             raise ValueError("unbounded")
     except ValueError:
@@ -96,7 +99,7 @@ def paired_ci(a, b) -> dict:
     if len(a) != len(b):
         raise UserError(f"paired values differ in length: {len(a)} and {len(b)}")
     differences = [float(x) - float(y) for x, y in zip(a, b, strict=False)]
-    ci = mean_ci(differences)
+    ci = mean_ci(differences, paired_with=(a, b))
     finite = all(math.isfinite(d) for d in differences)
     ci["p"] = sign_flip_test(differences).p if finite else None
     return ci
