@@ -18,8 +18,8 @@ from pathlib import Path
 
 from benchmark.errors import UserError
 
-__all__ = ["MAX_DEPTH", "Each", "Key", "OptionalKey", "check", "check_output_path", "parse_bounded", "read_json",
-           "schema_rows", "sha256_file", "sweep_temporaries", "write_atomic", "write_json"]
+__all__ = ["MAX_DEPTH", "Each", "Key", "OptionalKey", "check", "check_output_path", "parse_bounded", "path_name",
+           "read_json", "schema_rows", "sha256_file", "sweep_temporaries", "write_atomic", "write_json"]
 
 MAX_DEPTH = 64  # no file hadabench reads nests deeper; a deeper one is refused before it is used
 MAX_BYTES = 1 << 30  # 1 GiB: larger than any results file or caption file (COCO train: 90 MB)
@@ -114,6 +114,23 @@ def sweep_temporaries(folder: str | Path, recursive: bool = False) -> int:
             path.unlink()
             removed += 1
     return removed
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes: Linux's limits, and the usual ones elsewhere
+
+
+def path_name(value: str, what: str = "a path") -> str:
+    """``value`` when the system could name it: no NUL, no component over ``NAME_MAX`` bytes, at
+    most ``PATH_MAX`` in all; else one ``UserError`` line, before anything opens or creates it.
+    The one check of every path a user gives (flags, positionals, configuration keys)."""
+    text = str(value)
+    shown = _shown(text if len(text) <= 80 else text[:77] + "...")
+    if "\0" in text:
+        raise UserError(f"{what} {shown} holds a NUL character")
+    encoded = [part.encode("utf-8", "surrogateescape") for part in text.split("/")]
+    if any(len(part) > NAME_MAX for part in encoded) or len(text.encode("utf-8", "surrogateescape")) > PATH_MAX:
+        raise UserError(f"{what} {shown}: a name in it is too long (over {NAME_MAX} bytes, or {PATH_MAX} in all)")
+    return text
 
 
 def _probe(path: Path, test: str) -> bool:

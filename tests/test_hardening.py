@@ -960,3 +960,55 @@ def test_truncated_results_are_refused_in_one_line_and_kept(tiny_copy, capsys):
     line = one_line_error(capsys, main(_tiny(out, cache)))
     assert "results.json: not a results file (invalid JSON" in line
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+# == 6. an over-long name for every path a command takes ============================================
+
+def _path_actions():
+    """(subcommand, action) for every argument that names a file or folder: those whose type is
+    ``path_argument`` (the run options' path flags get it from ``option(path=True)``)."""
+    from benchmark.cli import build_parser
+    from benchmark.cli.common import path_argument
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return [(name, action) for name, parser in sub.choices.items() for action in parser._actions
+            if action.type is path_argument]
+
+
+def test_every_argument_that_names_a_file_is_checked_as_a_path():
+    """A new path flag cannot forget the check: an argument whose name says it holds a path has
+    ``type=path_argument``."""
+    from benchmark.cli import build_parser
+
+    pathy = re.compile(r"file|dir|path|out|model|config|results|baseline|plugin|reference|annotations|readme$|^a$|^b$")
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    named = {(name, a.dest) for name, parser in sub.choices.items() for a in parser._actions
+             if a.nargs != 0 and a.dest != "help" and pathy.search(a.dest)}
+    assert named == {(name, a.dest) for name, a in _path_actions()}
+    assert len(named) >= 20
+
+
+def _argv(name: str, action, value: str, tmp: Path) -> list[str]:
+    if name in ("run", "sensitivity"):
+        argv = [name, "--steps", "2", "--eval-size", "1", "--calib-size", "1", "--transforms", "none",
+                "--precisions", "w4a4" if name == "run" else "a4", "--metrics", "sqnr",
+                "--out", str(tmp / "out"), "--cache-dir", str(tmp / "cache")]
+        argv += {"caption_file": ["--captions", "file"], "coco_annotations": ["--captions", "coco"],
+                 "fid_reference": ["--metrics", "sqnr,fid"]}.get(action.dest, [])
+        return [*argv, action.option_strings[-1], value]
+    run = str(ROOT / "leaderboard" / "embedded")
+    if not action.option_strings:
+        return {"leaderboard": [name, value, "-o", str(tmp / "x.md")], "check": [name, value, "--baseline", run],
+                "power": [name, value], "validate": [name, value],
+                "compare": [name, value, run] if action.dest == "a" else [name, run, value]}[name]
+    return {"leaderboard": [name, run, "-o", str(tmp / "x.md")], "check": [name, run]}.get(name, [name]) + \
+        [action.option_strings[-1], value]
+
+
+@pytest.mark.parametrize("name, action", _path_actions(), ids=lambda v: v if isinstance(v, str) else v.dest)
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_an_over_long_name_is_one_line_for_every_path(tmp_path, capsys, name, action, where):
+    value = str(tmp_path / ("x" * 300)) if where == "file" else str(tmp_path / ("y" * 300) / "f")
+    line = one_line_error(capsys, main(_argv(name, action, value, tmp_path)))
+    assert "too long" in line, line
+    assert not (tmp_path / "out").exists()

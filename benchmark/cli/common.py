@@ -1,9 +1,12 @@
-"""What several subcommands share: plugin files, --param pairs, pinned numerics."""
+"""What several subcommands share: plugin files, --param pairs, path arguments, pinned numerics."""
 
 from __future__ import annotations
 
+import argparse
+
 from benchmark.annotations import parse_value
 from benchmark.errors import UserError
+from benchmark.fileio import path_name
 from benchmark.plugins import load_plugin_file
 from benchmark.quant.numerics import restart_pinned
 
@@ -17,6 +20,15 @@ def parse_params(pairs: list[str]) -> dict:
             raise UserError(f"--param takes key=value, got {pair!r}")
         params[key] = parse_value(value)
     return params
+
+
+def path_argument(value: str) -> str:
+    """argparse's ``type=`` for every path a subcommand takes: ``fileio.path_name``'s check, in
+    argparse's own one-line error ("argument -o: ... too long")."""
+    try:
+        return path_name(value, "")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error).lstrip()) from None
 
 
 def load_plugins(files: list[str] | None) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from benchmark.cli.common import path_argument
 from benchmark.errors import UserError
 from benchmark.metrics.registry import metric_spec
 from benchmark.reports import markdown as md
@@ -49,7 +50,7 @@ def command(args) -> int:
 
 def add_parser(sub):
     pair = sub.add_parser("compare", help="two runs of the same captions, cell by cell: paired differences")
-    pair.add_argument("a", help="a results.json or run folder")
-    pair.add_argument("b", help="another one, of the same evaluation captions and seeds")
+    pair.add_argument("a", type=path_argument, help="a results.json or run folder")
+    pair.add_argument("b", type=path_argument, help="another one, of the same evaluation captions and seeds")
     pair.add_argument("--metric", default="sqnr_db", help="a per-sample metric (default sqnr_db)")
     pair.set_defaults(func=command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmark.cli.common import path_argument
 from benchmark.errors import UserError
 from benchmark.fileio import check_output_path, write_atomic
 from benchmark.reports.findings import link, pick_run, readme_section, replace_section, run_name
@@ -61,10 +62,10 @@ def command(args) -> int:
 
 def add_parser(sub):
     board = sub.add_parser("leaderboard", help="write markdown tables from result files")
-    board.add_argument("results", nargs="+",
+    board.add_argument("results", nargs="+", type=path_argument,
                        help="results.json files, run folders, or folders of run folders")
-    board.add_argument("-o", "--output", default="leaderboard/README.md")
-    board.add_argument("--readme", metavar="FILE",
+    board.add_argument("-o", "--output", default="leaderboard/README.md", type=path_argument)
+    board.add_argument("--readme", metavar="FILE", type=path_argument,
                        help="also rewrite this README's results section (between <!-- results:begin --> and "
                             "<!-- results:end -->) from one of the runs: its headline table and findings")
     board.add_argument("--readme-run", metavar="NAME",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from benchmark.cli.common import load_plugins
+from benchmark.cli.common import load_plugins, path_argument
 from benchmark.families.registry import families
 from benchmark.metrics.registry import METRICS
 from benchmark.models import ADAPTERS, MODELS, ROLES
@@ -51,5 +51,6 @@ def _families_table() -> str:
 
 def add_parser(sub):
     ls = sub.add_parser("ls", help="list transforms (with their source) and precisions")
-    ls.add_argument("--plugin", action="append", metavar="FILE", help="also list a .py file's transforms")
+    ls.add_argument("--plugin", action="append", metavar="FILE", type=path_argument,
+                    help="also list a .py file's transforms")
     ls.set_defaults(func=command)

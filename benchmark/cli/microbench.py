@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.cli.common import load_plugins
+from benchmark.cli.common import load_plugins, path_argument
 from benchmark.errors import UserError
 from benchmark.quant.grid import Precision
 from benchmark.quant.kernels import KERNELS
@@ -42,7 +42,7 @@ def add_parser(sub):
     micro.add_argument("--memory", action="store_true",
                        help="peak resident memory, embedded and PixArt-Sigma-sized (heavy: minutes)")
     micro.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    micro.add_argument("--plugin", action="append", metavar="FILE",
+    micro.add_argument("--plugin", action="append", metavar="FILE", type=path_argument,
                        help="also time a .py file's transforms (repeatable)")
     micro.add_argument("--transforms", metavar="NAMES",
                        help="comma-separated names to time (default: the baselines and the plugins')")

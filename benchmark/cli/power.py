@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from benchmark.cli.common import path_argument
 from benchmark.errors import UserError
 from benchmark.metrics.registry import metric_spec
 from benchmark.reports import markdown as md
@@ -66,7 +67,7 @@ def _p(row: dict, key: str) -> str:
 def add_parser(sub):
     power = sub.add_parser("power", help="interval widths of a run's cells and paired differences, "
                                          "and the captions a claim needs")
-    power.add_argument("results", help="a results.json or run folder")
+    power.add_argument("results", type=path_argument, help="a results.json or run folder")
     power.add_argument("--metric", default="sqnr_db", help="a per-sample metric (default sqnr_db)")
     power.add_argument("--target", type=float, default=0.25, help="the half-width wanted (default 0.25)")
     power.set_defaults(func=command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.cli.common import parse_params
+from benchmark.cli.common import parse_params, path_argument
 from benchmark.errors import UserError
 from benchmark.families.registry import families
 from benchmark.families.validate import validate_family
@@ -40,7 +40,8 @@ def command(args) -> int:
 
 def add_parser(sub):
     validate = sub.add_parser("validate", help="check a transform or model family before benchmarking it")
-    validate.add_argument("plugin", help="a plugin .py file, or the name of a registered transform or family")
+    validate.add_argument("plugin", type=path_argument,
+                          help="a plugin .py file, or the name of a registered transform or family")
     validate.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                           help="a hyper-parameter for the transform's factory (repeatable)")
     validate.set_defaults(func=command)

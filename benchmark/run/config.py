@@ -19,7 +19,7 @@ import tomllib
 
 from benchmark.annotations import conforms, parse_value, type_name
 from benchmark.errors import UserError
-from benchmark.fileio import parse_bounded
+from benchmark.fileio import parse_bounded, path_name
 from benchmark.metrics.registry import METRICS
 from benchmark.quant.grid import DEFAULT_GRID, GRIDS, Precision
 from benchmark.quant.kernels import kernel_choices
@@ -112,6 +112,7 @@ class Option:
     choices: typing.Callable[[], typing.Iterable[str]] | None = None
     what: str = ""  # what an error calls one value ("caption source"); default: the name
     positive: bool = False
+    path: bool = False  # a file or folder name: checked by fileio.path_name
 
 
 def option(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, help: str = "", doc: str,
@@ -128,7 +129,8 @@ _SOURCES = ("embedded", "coco", "file")
 # The fields' order is the order of `hadabench run --help` and of the docs' option table.
 @dataclass
 class RunConfig:
-    model: str = option("embedded", help="embedded (default), a hub id or a local pipeline folder", shown="`embedded`",
+    model: str = option("embedded", path=True,
+                        help="embedded (default), a hub id or a local pipeline folder", shown="`embedded`",
                         doc="`embedded`, a hub id (`PixArt-alpha/PixArt-Sigma-XL-2-512-MS`, `-1024-MS`, PixArt-alpha) "
                             "or a local pipeline folder")
     precisions: list[str] = option(
@@ -140,16 +142,18 @@ class RunConfig:
         factory=lambda: parse_transforms(DEFAULT_TRANSFORMS), hashed=False, shown="the six baselines",
         help="comma-separated names, each optionally name(key=value,...); default the six baselines",
         doc="names, each optionally `name(key=value, ...)`, e.g. `hadanorm(alpha=auto)`")
-    plugins: list[str] = option(factory=list, flag="--plugin", metavar="FILE", repeat=True, hashed=False, shown="–",
+    plugins: list[str] = option(factory=list, path=True,
+                                flag="--plugin", metavar="FILE", repeat=True, hashed=False, shown="–",
                                 help="load transforms from a .py file",
                                 doc="load transforms (and model families, metrics) from a `.py` file (repeatable)")
     captions: str = option("embedded", help="embedded (default), coco or file", shown="`embedded`",
                            choices=lambda: _SOURCES, what="caption source",
                            doc="`embedded`, `coco` (`--coco-annotations captions_val2017.json`, or the hub) or "
                                "`file` (`--caption-file`)")
-    coco_annotations: str | None = option(None, metavar="FILE", help="captions_val2017.json (or 2014)", shown="–",
+    coco_annotations: str | None = option(None, path=True, metavar="FILE",
+                                          help="captions_val2017.json (or 2014)", shown="–",
                                           doc="COCO's caption annotations file (`--captions coco`)")
-    caption_file: str | None = option(None, metavar="FILE", help="one caption per line", shown="–",
+    caption_file: str | None = option(None, path=True, metavar="FILE", help="one caption per line", shown="–",
                                       doc="a text file, one caption per line (`--captions file`)")
     calib_size: int = option(32, metavar="N", type=int, positive=True, shown="32",
                              doc="calibration images (disjoint by image from the evaluation split, drawn with "
@@ -199,7 +203,7 @@ class RunConfig:
                                     doc="let the weight-bound metrics (CLIP score, CLIP-IQA, LPIPS, FID, ImageReward) "
                                         "fetch missing weights; otherwise they are \"not computed\" "
                                         "([metrics](#captions-and-metrics))")
-    fid_reference: str | None = option(None, metavar="DIR", hashed="unless_none", shown="–",
+    fid_reference: str | None = option(None, path=True, metavar="DIR", hashed="unless_none", shown="–",
                                        help="a folder of reference images (e.g. COCO val) for fid_reference",
                                        doc="a folder of reference images (e.g. COCO val images): FID of the "
                                            "full-precision row and of each cell against them (`fid_reference`); "
@@ -209,12 +213,13 @@ class RunConfig:
                                       "failing their cells",
                                  doc="run a transform that is not exact at full precision instead of failing its "
                                      "cells; its rows are marked (hashed, recorded)")
-    cache_dir: str | None = option(None, hashed=False, help="where calibration statistics are cached",
+    cache_dir: str | None = option(None, path=True, hashed=False, help="where calibration statistics are cached",
                                    shown="`.cache/calibration`",
                                    doc="calibration statistics (keyed by model, captions, steps, seed, sample size and "
                                        "where they were computed: the device, and on the CPU the vector ISA, MKL's "
                                        "branch, oneDNN and the thread count)")
-    out: str = option("results", hashed=False, help="the run folder (default results); a rerun into it resumes",
+    out: str = option("results", path=True, hashed=False,
+                      help="the run folder (default results); a rerun into it resumes",
                       shown="`results`", doc="the run folder; a second run into it resumes")
     # Quantize only these roles / blocks (benchmark/run/subset.py; "a,b" and "0-3" read as lists);
     # None: all of them.
@@ -235,6 +240,9 @@ class RunConfig:
             value = getattr(self, opt.name)
             if opt.positive and value < 1:
                 raise UserError(f"{opt.name} must be a positive integer, got {value!r}")
+            for item in (value if isinstance(value, list) else [value]) if opt.path else ():
+                if item is not None:
+                    path_name(item, opt.flag or opt.name)
             allowed = list(opt.choices()) if opt.choices else None
             for item in (value if isinstance(value, list) else [value]) if allowed else ():
                 if item is not None and item not in allowed:  # None: the option's default
@@ -350,7 +358,7 @@ def load_config(path: str | None = None, overrides: dict | None = None,
 
 def _folder_config(out) -> dict:
     """The configuration recorded in a run folder's results (its keys that still exist), or {}."""
-    if not isinstance(out, str) or not (Path(out) / "results.json").is_file():
+    if not isinstance(out, str) or not (Path(path_name(out, "--out")) / "results.json").is_file():
         return {}
     recorded = read_results(Path(out) / "results.json")["config"]
     known = {f.name for f in dataclasses.fields(RunConfig)}
