@@ -3,6 +3,8 @@
 # limit, so that one call on a borrowed GPU returns whatever finished:
 #
 #     scripts/gpu_checks.sh [OUT_DIR]          (default: gpu-checks; run from the repository root)
+#     BUDGET=500 scripts/gpu_checks.sh OUT     (all stages within 500 s: each gets the smaller of
+#                                               its limit and what is left; under 20 s, skipped)
 #
 # Needs a CUDA GPU, triton and diffusers; `hadabench` installed (its transforms are entry
 # points). Writes OUT_DIR/log-<time> (everything) and OUT_DIR/tiny-<kernel>-<time>.json (the
@@ -17,9 +19,12 @@ out=${1:-gpu-checks}
 stamp=$(date +%Y%m%d-%H%M%S)  # a new log per call: an earlier one stays
 mkdir -p "$out"
 log=$out/log-$stamp
+deadline=$(( $(date +%s) + ${BUDGET:-100000} ))  # a lease's device time: the whole call's limit
 stage() {  # stage SECONDS COMMAND...: run it with a time limit, its output to the log
-    local limit=$1
+    local limit=$1 left=$(( deadline - $(date +%s) - 5 ))
     shift
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then echo "=== [$(date +%T)] SKIPPED (budget spent): $*" | tee -a "$log"; return; fi
     echo "=== [$(date +%T)] $* (limit ${limit} s)" | tee -a "$log"
     timeout "$limit" "$@" >>"$log" 2>&1
     echo "=== exit $? [$(date +%T)]" | tee -a "$log"
