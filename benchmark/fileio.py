@@ -278,7 +278,8 @@ def check(value, spec, where: str = "") -> None:
     elif spec is None or spec is type(None):
         ok = value is None
     elif spec is float:  # an integer too large for a float (400 digits) is no number either
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _LARGEST
+        ok = isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                          and abs(value) <= _LARGEST)
     elif spec is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:

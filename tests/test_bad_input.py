@@ -310,7 +310,7 @@ GENERATED = [
       for kind in PLUGIN_KINDS for value in ("{}", "[('x', None)]", "'x'", "5")],
     Case("plugin __getattr__ raises", [*FRESH, "--plugin", "{sandbox}/plugin.py"], "RuntimeError: lazy",
          plugin="def __getattr__(name):\n    raise RuntimeError('lazy ' + name)\n"),
-    Case("plugin name of 300 characters", [*FRESH, "--plugin", "{sandbox}/" + "x" * 300 + ".py"], "no such file"),
+    Case("plugin name of 300 characters", [*FRESH, "--plugin", "{sandbox}/" + "x" * 300 + ".py"], "too long"),
     *[Case(f"{writer} onto {id}", [a.replace("{out}", path) for a in argv], message)
       for writer, argv in WRITERS for id, path, message in OUTPUTS],
 ]

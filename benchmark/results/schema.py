@@ -81,7 +81,7 @@ CELL = {
 }
 NUMERICS = {"mode": OptionalKey(str, "pinned, native or exact: what decided the floating-point paths"),
             "threads": OptionalKey(int, "threads per process")}
-SPLIT = {"ids": Key([str], "caption ids, in order"), "image_ids": OptionalKey([(str, int)], "their images"),
+SPLIT = {"ids": Key([(str, int)], "caption ids, in order"), "image_ids": OptionalKey([(str, int)], "their images"),
          "captions": OptionalKey(int, "how many captions"), "images": OptionalKey(int, "how many images"),
          "sha256": OptionalKey(str, "sha256 of the caption list")}
 RESULTS = {
