@@ -284,6 +284,9 @@ def test_correction_columns_are_named_distinctly_and_planned(embedded):
         cells = {(point_name(spec), "all" if subset is None else subset.roles[0],
                   None if subset is None or subset.blocks is None else subset.blocks) for spec, subset in plan}
         assert len(cells) == len(plan)
+        # the all row first (the headline), then the claims' columns, claim 1's first, the blocks view last
+        assert all(subset is None for _, subset in plan[:24]) and point_name(plan[24][0]) == "none"
+        assert all(subset.blocks is not None for _, subset in plan[-7 * 4:])
         return {(name, row) for name, row, blocks in cells if blocks is None}, len(plan)
 
     cells, count = planned("a4")

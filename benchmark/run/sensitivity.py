@@ -241,22 +241,20 @@ class SensitivityStudy(Run):
     def plan(self, targets) -> list[tuple[TransformSpec, Subset | None]]:
         """The study's cells of one precision, in the order they run."""
         roles, blocks = self.layout(targets)
-        # What the claims need first (so that an interrupted study already answers them), then the
-        # all-roles row (the lattice of the whole model, and the headline), the blocks view, and the
-        # other columns.
+        # The all-roles row first (the lattice of the whole model under every correction, and the
+        # headline), then what the claims need, column by column in CLAIM_COLUMNS' order (so that an
+        # interrupted study already answers the most), the other columns, and the blocks view.
         order = {name: i for i, name in enumerate(CLAIM_COLUMNS)}
         fp_weights = full_precision_weights(self.config.precisions)
         columns = sorted(self.config.transforms, key=lambda s: order.get(point_name(s), len(order)))
-        claimed = [s for s in columns if point_name(s) in order]
-        others = [s for s in columns if point_name(s) not in order]
 
         def role_cells(specs):
             return [(spec, Subset((role,), self.subset.blocks)) for spec in specs for role in roles
                     if runs_on(point_name(spec), role, fp_weights)]
 
-        return (role_cells(claimed) + [(spec, None) for spec in self.config.transforms]  # None: the plain run's cell
-                + [(self.block_spec, Subset((role,), (block,))) for role in roles for block in blocks]
-                + role_cells(others))
+        return ([(spec, None) for spec in self.config.transforms]  # None: the plain run's cell
+                + role_cells(columns)
+                + [(self.block_spec, Subset((role,), (block,))) for role in roles for block in blocks])
 
     def jobs(self, targets) -> list[CellJob]:
         return [CellJob(precision, spec, subset) for precision in self.config.precisions
@@ -345,9 +343,10 @@ READINGS = {
 PAPER_WORST = tuple(r for roles in READINGS["image-token inputs"]["mapping"].values() for r in roles)
 TEXT_INPUT = "cross_attn_kv"
 SINGLES = ("C", "S", "R")
-# The columns the claims compare role by role, in the order they run.
-CLAIM_COLUMNS = ("none", *SINGLES, "C+S+R", "C+R", "S+R",
-                 *(point + tag for tag in list(CORRECTION_TAGS.values())[1:] for point in ("C+S+R", "C", "C+R")))
+# The columns the claims compare role by role, in the order they run: claim 1, claim 2 (under the
+# paper's correction and fp_token), the centering comparisons, claim 3's single ingredients.
+CLAIM_COLUMNS = ("none", "C+S+R", "C+S+R[fp]", "R", "C+R", "C+R[fp]", "S+R", "C", "S", "C[fp]",
+                 "C+S+R[exact]", "C+R[exact]", "C[exact]")
 CENTERING = (("C+R", "R"), ("C+S+R", "S+R"), ("C+R±", "R±"), ("C+S+R±", "S+R±"))
 VERDICT = {1: "holds", -1: "does not hold", 0: "undecided (no significant difference decides it)"}
 
