@@ -564,7 +564,9 @@ def write_report(results: dict, out: Path) -> None:
              "shared with "
              f"other work, so under load): {timing['per_cell_s']:.0f} s per cell on average "
              f"({n} captions x {md.text(config['steps'])} steps), reference {timing['reference_s']:.0f} s, "
-             f"calibration {timing['calibration_s']:.0f} s; all {md.text(study['cells']['planned'])} cells about "
+             + ("calibration read from the cache" if results.get("calibration", {}).get("cache") == "hit"
+                else f"calibration {timing['calibration_s']:.0f} s")
+             + f"; all {md.text(study['cells']['planned'])} cells about "
              f"{timing['study_min']:.0f} minutes. Regenerate:", "",
              "```bash", STUDY_COMMAND, "```", ""]
     for precision, tables in study["tables"].items():
