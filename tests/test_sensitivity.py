@@ -319,7 +319,8 @@ def test_claims_and_headline_under_each_correction():
     assert "hadanorm_helps_all_but_text" not in out["corrections"]["exact"]  # no role rows: no role claims
     assert out["corrections"]["fp_token"]["centering_makes_rotation_work"]["verdict"] == "holds"
     exact = out["corrections"]["exact"]["centering_makes_rotation_work"]
-    assert list(exact["comparisons"]) == ["C+S+R[exact] minus S+R"]
+    assert list(exact["comparisons"]) == ["C+S+R[exact] minus S+R"] and exact["rows"] == ["all"]
+    assert "the `all` row alone: no role-by-role verdict" in "\n".join(_claims_markdown(out))
     versus = out["hadanorm_vs_quarot"]
     assert versus["winner"] == {"quantized_token": "quarot", "fp_token": "hadanorm", "exact": "hadanorm"}
     assert versus["correction_decides"] is True

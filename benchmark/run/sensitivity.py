@@ -417,6 +417,7 @@ def claims(per_sample: dict, roles: list[str], names: list[str]) -> dict:
             signs = [_sign(ci) for ci in tested if ci is not None]
             part["centering_makes_rotation_work"] = {
                 "comparisons": centering, "verdict": _verdict(signs), "tested": len(signs),
+                "rows": [row for row in [ALL, *roles] if any(c.get(row) for c in centering.values())],
                 "better": sum(s == 1 for s in signs), "worse": sum(s == -1 for s in signs)}
         if part:
             out["corrections"][correction] = part
@@ -769,7 +770,9 @@ def _claims_markdown(claims: dict) -> list[str]:
         lines += ["**Centering before rotating** (Figure 4): each centering point minus the same point without "
                   "centering, paired, under each correction (Holm over each correction's table):", ""]
         lines += [f"- {md.code(c)}: **{md.text(v['verdict'])}**: significantly better on {v['better']}, worse on "
-                  f"{v['worse']} of {v['tested']} comparisons." for c, v in centering.items()]
+                  f"{v['worse']} of {v['tested']} comparisons"
+                  + (" (the `all` row alone: no role-by-role verdict)." if v.get("rows") == [ALL] else ".")
+                  for c, v in centering.items()]
         lines.append("")
         for c, v in centering.items():
             comparisons = v["comparisons"]
