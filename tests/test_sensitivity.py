@@ -16,7 +16,19 @@ from benchmark.cli import main
 from benchmark.models import ROLES, load_model
 from benchmark.results.schema import read_results
 from benchmark.run.config import RunConfig, load_config, parse_transforms
-from benchmark.run.sensitivity import LATTICE, claims, mean_ci, paired_ci, point_name
+from benchmark.run.sensitivity import (
+    CORRECTED,
+    LATTICE,
+    READINGS,
+    STUDY_DEFAULTS,
+    SensitivityStudy,
+    _claims_markdown,
+    _headline,
+    claims,
+    mean_ci,
+    paired_ci,
+    point_name,
+)
 from benchmark.run.subset import Subset, parse_blocks, parse_roles
 
 FAST = ["--calib-size", "2", "--eval-size", "2", "--steps", "2", "--metrics", "sqnr", "--device", "cpu"]
@@ -152,7 +164,8 @@ def test_study_cells_tables_and_report(studied):
     assert entry["low"] is None  # 2 captions: the bootstrap-t interval is unbounded, none is recorded
     assert set(table["blocks"]["cross_attn_kv"]) == {"0", "1"}
     assert table["claims"]["worst_quantizers"]["ranking_worst_first"]
-    assert "C+S+R minus S+R" not in table["claims"].get("centering_makes_rotation_work", {})
+    assert "C+S+R minus S+R" not in table["claims"]["corrections"].get("quantized_token", {}).get(
+        "centering_makes_rotation_work", {}).get("comparisons", {})
     readme = (studied / "study" / "README.md").read_text()
     assert "sensitivity_a4.png" in readme and "| self\\_attn\\_qkv |" in readme  # escaped: from a results file
     assert (studied / "study" / "sensitivity_a4.png").stat().st_size > 1000
@@ -210,9 +223,117 @@ def test_claims_read_holm_corrected_sign_flip_tests():
     per_sample["cross_attn_kv", "C+S+R"] = list(base + rng.normal(0, 0.5, size=12))  # noise only
     per_sample["all", "C+S+R"] = list(base + 1.0)
     out = claims(per_sample, ["self_attn_qkv", "cross_attn_kv"], ["none", "C", "S", "R", "C+S+R"])
-    helps = out["hadanorm_helps_all_but_text"]
+    helps = out["corrections"]["quantized_token"]["hadanorm_helps_all_but_text"]
     qkv = helps["per_role"]["self_attn_qkv"]
     assert qkv["p"] == 2 / 2 ** 12 and qkv["p_holm"] == 2 * qkv["p"]  # Holm over the claim's 2 roles
     assert helps["helps"] == ["self_attn_qkv"] and helps["verdict"] == "holds"
-    composition = out["composition_beats_single"]
+    composition = out["corrections"]["quantized_token"]["composition_beats_single"]
     assert composition["rows_where_it_holds"] == 2 and composition["verdict"].startswith("undecided")
+
+
+ROLE_MEANS = {"self_attn_qkv": 19.0, "self_attn_out": 21.0, "cross_attn_q": 30.0, "cross_attn_kv": 27.0,
+              "cross_attn_out": 20.0, "ffn_up": 15.0, "ffn_down": 18.0}
+
+
+def _per_caption(mean, n=12, seed=0):
+    """Per-caption values: one shared caption difficulty plus ``mean``, so paired differences are constant."""
+    return list(np.random.default_rng(seed).normal(0, 3, size=n) + mean)
+
+
+def test_claim_one_under_both_readings():
+    # cross_attn_q is the best role and cross_attn_out among the worst: the image-token reading
+    # (cross_attn_q claimed worst, cross_attn_out not) fails, "OP = both output projections" holds.
+    roles = list(ROLE_MEANS)
+    per_sample = {(r, "none"): _per_caption(m) for r, m in ROLE_MEANS.items()}
+    worst = claims(per_sample, roles, ["none"])["worst_quantizers"]
+    first, second = (worst["readings"][name] for name in READINGS)
+    assert first["claimed_worst"] == ["self_attn_qkv", "self_attn_out", "cross_attn_q", "ffn_up", "ffn_down"]
+    assert first["others"] == ["cross_attn_kv", "cross_attn_out"] and first["verdict"] == "does not hold"
+    assert second["claimed_worst"] == ["self_attn_qkv", "self_attn_out", "cross_attn_out", "ffn_up", "ffn_down"]
+    assert second["others"] == ["cross_attn_q", "cross_attn_kv"] and second["verdict"] == "holds"
+    assert len(second["pairs"]) == 10 and all(p["other_minus_worse"]["p_holm"] <= 0.05 for p in second["pairs"])
+    assert worst["ranking_worst_first"][0] == "ffn_up" and worst["ranking_worst_first"][-1] == "cross_attn_q"
+    # noise instead of a difference: neither reading can be decided
+    noisy = {(r, "none"): _per_caption(20.0, seed=i) for i, r in enumerate(roles)}
+    for reading in claims(noisy, roles, ["none"])["worst_quantizers"]["readings"].values():
+        assert reading["verdict"].startswith("undecided")
+    # the README states each reading's mapping of the paper's labels onto roles, and its verdict
+    text = "\n".join(_claims_markdown(claims(per_sample, roles, ["none"])))
+    assert "Reading 1, image-token inputs" in text and "Reading 2, OP = both output projections" in text
+    assert "OP → self\\_attn\\_out, cross\\_attn\\_out" in text
+    assert "attention inputs → self\\_attn\\_qkv, cross\\_attn\\_q" in text
+    assert "**does not hold**" in text and "**holds**" in text
+
+
+def test_correction_columns_are_named_distinctly_and_planned(embedded):
+    names = [point_name(s) for s in parse_transforms(CORRECTED)]
+    assert names == [f"{p}{tag}" for tag in ("[fp]", "[exact]") for p in ("C", "C+S", "C+R", "C+S+R", "C+R±", "C+S+R±")]
+    assert len(set(names + [point_name(s) for s in parse_transforms(LATTICE)])) == 24
+    assert STUDY_DEFAULTS["transforms"] == LATTICE + CORRECTED
+    assert point_name(parse_transforms("hadanorm(correction=fp_token)")[0]) == "C+S+R[fp]"
+    assert point_name(parse_transforms("dyncenter(correction=exact)")[0]) == "C[exact]"
+    with pytest.raises(ValueError, match="correction"):  # no centering, nothing to correct
+        create_transform("affine", rotation="full", correction="fp_token")
+
+    def planned(precision):
+        study = SensitivityStudy.__new__(SensitivityStudy)
+        study.config = load_config(None, {"transforms": ",".join(LATTICE + CORRECTED), "precisions": precision})
+        study.subset = Subset.of(None, None)
+        study.block_spec = study.config.transforms[0]
+        plan = study.plan(embedded.targets())
+        cells = {(point_name(spec), "all" if subset is None else subset.roles[0],
+                  None if subset is None or subset.blocks is None else subset.blocks) for spec, subset in plan}
+        assert len(cells) == len(plan)
+        # the all row first (the headline), then the claims' columns, claim 1's first, the blocks view last
+        assert all(subset is None for _, subset in plan[:24]) and point_name(plan[24][0]) == "none"
+        assert all(subset.blocks is not None for _, subset in plan[-7 * 4:])
+        return {(name, row) for name, row, blocks in cells if blocks is None}, len(plan)
+
+    cells, count = planned("a4")
+    roles = list(ROLE_MEANS)
+    assert {(n, "all") for n in names} <= cells  # the lattice of the whole model under every correction
+    for point in ("C", "C+R", "C+S+R", "C+R±", "C+S+R±"):  # what the claims compare role by role
+        assert {(point + "[fp]", r) for r in roles} <= cells
+        # weights in full precision: exact is fp_token up to rounding, on the all row alone
+        assert not any((point + "[exact]", r) in cells for r in roles)
+    assert not any(("C+S[fp]", r) in cells for r in roles)
+    assert count == 12 * 8 + 12 + 5 * 7 + 7 * 4  # lattice, corrections on all, [fp] on the roles, blocks view
+    assert ("C+S+R[exact]", "ffn_up") in planned("w4a4")[0]  # quantized weights: exact differs, every row
+
+
+def test_claims_and_headline_under_each_correction():
+    roles = ["self_attn_qkv", "cross_attn_kv"]
+    base = _per_caption(10.0)
+    per_sample = {}
+    for row in ("all", *roles):
+        for name, shift in (("none", 0), ("C", 0), ("S", 0), ("R", 0), ("S+R", 0), ("C+S+R", -1.0), ("R±", 0.5),
+                            ("C[fp]", 0), ("C+S+R[fp]", 2.0), ("C+R[fp]", 1.0)):
+            per_sample[row, name] = [v + shift for v in base]
+    per_sample["all", "C+S+R[exact]"] = [v + 2.0 for v in base]  # exact: the all row alone
+    names = sorted({n for _, n in per_sample})
+    out = claims(per_sample, roles, names)
+    assert set(out["corrections"]) == {"quantized_token", "fp_token", "exact"}
+    assert out["corrections"]["fp_token"]["hadanorm_helps_all_but_text"]["verdict"] == "does not hold"  # text helped
+    assert out["corrections"]["quantized_token"]["hadanorm_helps_all_but_text"]["verdict"] == "does not hold"
+    assert out["corrections"]["fp_token"]["composition_beats_single"]["verdict"] == "holds"
+    assert "hadanorm_helps_all_but_text" not in out["corrections"]["exact"]  # no role rows: no role claims
+    assert out["corrections"]["fp_token"]["centering_makes_rotation_work"]["verdict"] == "holds"
+    exact = out["corrections"]["exact"]["centering_makes_rotation_work"]
+    assert list(exact["comparisons"]) == ["C+S+R[exact] minus S+R"] and exact["rows"] == ["all"]
+    assert "the `all` row alone: no role-by-role verdict" in "\n".join(_claims_markdown(out))
+    versus = out["hadanorm_vs_quarot"]
+    assert versus["winner"] == {"quantized_token": "quarot", "fp_token": "hadanorm", "exact": "hadanorm"}
+    assert versus["correction_decides"] is True
+    same = out["exact_minus_fp_token"]["C+S+R"]  # at a4 the same W mu: tested on the all row
+    assert same["mean"] == 0.0 and same["max_abs"] == 0.0 and same["p"] == 1.0
+    headline = " ".join(_headline(out, "a4"))
+    assert "the correction mode (how a centering transform adds W mu back) decides whether HadaNorm or QuaRot wins" \
+        in headline
+    assert "with `quantized_token` (the paper's), QuaRot (R±) beats HadaNorm (C+S+R) by 1.50 dB" in headline
+    assert "with `fp_token`, HadaNorm (C+S+R[fp]) beats QuaRot (R±) by 1.50 dB" in headline
+    assert "0 of 1 significant" in headline and "the role rows run `fp_token` alone and stand for both" in headline
+    # one correction only: the headline says the mode was not varied
+    lattice = claims({k: v for k, v in per_sample.items() if "[" not in k[1]}, roles,
+                     [n for n in names if "[" not in n])
+    assert lattice["hadanorm_vs_quarot"]["correction_decides"] is None
+    assert "was not varied" in " ".join(_headline(lattice, "a4"))

@@ -246,3 +246,11 @@ def test_four_captions_the_gate_refuses_and_the_reports_say_so(tmp_path, capsys)
         assert "too few captions for a claim: 4 < 10" in capsys.readouterr().out
     board = render([tmp_path / "a"], tmp_path / "README.md")
     assert "too few captions for a claim: 4 &lt; 10" in board or "too few captions for a claim: 4 < 10" in board
+
+
+def test_power_tells_a_studys_cells_apart():
+    # a sensitivity study's cells share a label and differ by their role subset, which the key carries
+    results = doc(three_cells())
+    results["cells"]["w4a4/none [roles=ffn_up]"] = dict(results["cells"]["w4a4/none"])
+    names = {r["comparison"] for r in power_rows(results, SQNR, 0.25)}
+    assert {"none", "none [roles=ffn_up]", "none − none [roles=ffn_up]"} <= names

@@ -18,7 +18,7 @@ import numpy as np
 from benchmark.errors import UserError
 from benchmark.metrics.registry import MetricSpec
 from benchmark.results import inference
-from benchmark.results.schema import OK, metric_value
+from benchmark.results.schema import OK, cell_key, metric_value
 from benchmark.results.stats import (
     ALPHA,
     Interval,
@@ -112,8 +112,12 @@ def power_rows(results: dict, spec: MetricSpec, target: float, power: float = 0.
     alpha / pairs (``for_power``, ``power_alpha``)."""
     rows = []
     for precision in results["config"]["precisions"]:
-        cells = [c for c in results["cells"].values() if c.get("precision") == precision]
-        usable = [(c["label"], cell_samples(c, spec.key)) for c in cells]
+        prefix = cell_key(precision, "")
+        # a cell's name is its key without the precision: the label, and a study's role or block
+        # subset after it ("affine [roles=ffn_up]"), so that a sensitivity study's cells are told apart
+        cells = [(key[len(prefix):] if key.startswith(prefix) else c["label"], c)
+                 for key, c in results["cells"].items() if c.get("precision") == precision]
+        usable = [(name, cell_samples(c, spec.key)) for name, c in cells]
         usable = [(label, s) for label, s in usable if s is not None and len(s) >= 2]
         for label, values in usable:
             interval = mean_interval(values)
