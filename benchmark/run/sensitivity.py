@@ -643,9 +643,9 @@ def _headline(claims: dict, precision) -> list[str]:
             f"{mode} does not change which of HadaNorm and QuaRot wins" if len(h["winner"]) > 1 else
             f"{mode} was not varied (one correction run), so whether it decides HadaNorm against QuaRot is "
             "not tested")
-    signed = [f"{md.code(c)} {by_point['C+S+R±' + CORRECTION_TAGS[c]]['mean']:.2f} dB "
-              f"({_p(by_point['C+S+R±' + CORRECTION_TAGS[c]])})"
-              for c, by_point in h["comparisons"].items() if "C+S+R±" + CORRECTION_TAGS[c] in by_point]
+    # in the order of CORRECTION_TAGS (a study file's own keys are read only through them)
+    signed = [f"{md.code(c)} {ci['mean']:.2f} dB ({_p(ci)})" for c, tag in CORRECTION_TAGS.items()
+              if (ci := h["comparisons"].get(c, {}).get("C+S+R±" + tag)) is not None]
     lines = [f"**Headline ({md.text(precision)}, every role quantized, the `all` row)**: on this model {lead}: "
              + "; ".join(parts) + "."
              + (f" HadaNorm with random signs (C+S+R±) minus QuaRot: {'; '.join(signed)}." if signed else "")
