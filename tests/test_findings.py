@@ -326,3 +326,44 @@ def test_a_failed_cell_and_a_missing_one_do_not_break_the_section():
     table = headline_table(broken)
     assert "| none | failed |  |" in table
     assert readme_section(broken)
+
+
+def test_fine_tuning_is_paired_with_its_post_training_twin():
+    from benchmark.reports.findings import fine_tuned_pairs
+
+    base = captions()
+    noise = [random.Random(i).gauss(0, 0.3) for i in range(32)]
+
+    def run(gain, qat_steps=None):
+        cells = []
+        for precision, offset in (("w4a4", 0.0), ("w4a3", -6.0)):
+            cells += [cell("none", [v + offset - 2 + gain + n for v, n in zip(base, noise, strict=True)], precision),
+                      cell("quarot", [v + offset + gain for v in base], precision),
+                      cell("hadanorm", [v + offset + gain + n for v, n in zip(base, noise, strict=True)], precision)]
+        document = doc(cells, ("w4a4", "w4a3"))
+        if qat_steps:
+            document["config"]["qat_steps"] = qat_steps
+        return document
+
+    main_run, ptq, qat = two_cells(1.0), run(0.0), run(1.0, qat_steps=40)
+    pairs, others = fine_tuned_pairs([("fp4", main_run), ("ptq", ptq), ("qat", qat)])
+    assert [(a, c) for a, _, c, _ in pairs] == [("ptq", "qat")] and [n for n, _ in others] == ["fp4"]
+    assert fine_tuned_pairs([("qat", qat)]) == ([], [("qat", qat)])  # no twin: an ordinary companion
+    other = copy.deepcopy(ptq)
+    other["config"]["grid"] = "min_anchored"  # not its twin: another configuration
+    assert fine_tuned_pairs([("other", other), ("qat", qat)])[0] == []
+
+    section = readme_section(main_run, companions=[("ptq", ptq), ("qat", qat)])
+    lines = section.splitlines()
+    assert "Run `qat` fine-tunes run `ptq`'s cells (40 steps) and is compared with it below." in section
+    start = lines.index("**Quantization-aware fine-tuning**")
+    bullets = [line for line in lines[start + 1:] if line.startswith("- ")][:4]
+    assert bullets[0].startswith("- 40 steps of fine-tuning at W4A4, `qat` − `ptq` transform by transform "
+                                 "(Holm over 3 transforms): `none` +1.00 ± 0.00 dB (better, p ")
+    assert bullets[2].startswith("- 40 steps of fine-tuning at W4A3")
+    # none is 2 dB below quarot before and after (significant); hadanorm and quarot differ by noise
+    matter = bullets[1]
+    assert matter.startswith("- Does the transform still matter after fine-tuning? At W4A4, 2 of these 3 "
+                             "differences are significant after it (2 before)")
+    assert "`hadanorm` − `none` +2.00 ± 0.00 dB at W4A4 (significant," in matter
+    assert "`hadanorm` − `quarot`" in matter and "not significant" in matter

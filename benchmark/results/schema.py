@@ -8,7 +8,8 @@ Schema ``hadabench.results/1`` (documented in full in README.md, "Results"):
 
 A cell: precision, transform, label, params, status ("ok" or "failed"), reason and
 raised_at (a failed cell's error and the file:line that raised it), metrics
-(aggregates), per_sample, groups (what each quantized group did), timings, kernel.
+(aggregates), per_sample, groups (what each quantized group did), timings, kernel, and
+qat (only with ``--qat-steps``: the fine-tuning's steps, learning rate, losses, seconds).
 Infinite SQNR (identical outputs) is written as the string "inf": JSON has no infinity.
 """
 
@@ -36,7 +37,10 @@ METRIC = ({"value": (NUMBER, None), "reason": OptionalKey((str, None))}, NUMBER,
 CELL = {"precision": str, "transform": str, "label": str, "status": {OK, FAILED},
         "reason": OptionalKey((str, None)), "raised_at": OptionalKey((str, None)),
         "params": OptionalKey(dict), "metrics": Each(METRIC),
-        "per_sample": OptionalKey(dict), "groups": OptionalKey(dict), "timings": OptionalKey(Each(NUMBER))}
+        "per_sample": OptionalKey(dict), "groups": OptionalKey(dict), "timings": OptionalKey(Each(NUMBER)),
+        # --qat-steps: the cell's quantization-aware fine-tuning (absent: post-training only)
+        "qat": OptionalKey({"steps": int, "learning_rate": float, "initial_loss": NUMBER, "final_loss": NUMBER,
+                            "seconds": NUMBER})}
 RESULTS = {
     "schema": {SCHEMA}, "config_hash": str, "model": dict, "captions": dict,
     "config": {"model": str, "precisions": [str], "captions": str, "steps": int, "seed": int},

@@ -40,6 +40,7 @@ from benchmark.run.config import RunConfig, hashed_differences
 from benchmark.run.distributed import BATCH_SIZE, Processes, is_main_process
 from benchmark.run.folder import RunFolder, check_folder, save_images
 from benchmark.run.provenance import environment
+from benchmark.run.qat import record_teacher
 from benchmark.run.scoring import Scorers
 from benchmark.run.subset import Subset
 from benchmark.transform import exactness
@@ -225,6 +226,16 @@ class Run:
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self.save()
 
+        self.teacher = None
+        if config.qat_steps:
+            calibration = [c.text for c in splits.calibration]  # never the evaluation captions
+            log(f"fine-tuning's teacher: {len(calibration)} calibration captions x {config.steps} steps, "
+                f"{config.qat_steps} calls drawn")
+            with progress(model, len(calibration), config.steps, "qat teacher"):
+                self.teacher = record_teacher(model, calibration, config.steps, config.qat_steps, seed=config.seed,
+                                              guidance_scale=config.guidance_scale, batch_size=BATCH_SIZE)
+            self.results["qat_teacher"] = {"captions": "calibration", "calls": len(self.teacher.calls),
+                                           "draws": self.teacher.draws, "seconds": self.teacher.seconds}
         tick = time.perf_counter()
         self.run_cells(self.jobs(model.targets()), scorers, evaluation, seeds, reference, stats)
         self.cells_seconds = time.perf_counter() - tick
@@ -241,8 +252,9 @@ class Run:
         reference = self.results["reference"]["timings"]
         parts = {"reference": reference.get("generate_s", 0.0),
                  "calibration": self.results["calibration"].get("collect_s", 0.0),
-                 "cells (quantize + generate)": sum(c["timings"].get("quantize_s", 0) +
-                                                    c["timings"].get("generate_s", 0) for c in cells),
+                 "cells (quantize + fine-tune + generate)": sum(
+                     c["timings"].get("quantize_s", 0) + c["timings"].get("qat_s", 0) +
+                     c["timings"].get("generate_s", 0) for c in cells),
                  "metrics": reference.get("metrics_s", 0.0) + sum(c["timings"].get("metrics_s", 0) for c in cells)}
         log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) +
             f"; this run: {self.done['computed']} cells computed, {self.done['skipped']} done before, "
@@ -305,7 +317,7 @@ class Run:
             todo.append(job)
         cells = self.processes.map(todo, len(captions), lambda job, part: generate_part(
             self.model, job, self.config, self.subset, stats, self._exact(job.spec, stats),
-            captions[part], seeds[part], progress))
+            captions[part], seeds[part], progress, self.teacher))
         for job, outcome in cells:  # on the main process, after each round
             self.record_cell(job, outcome, scorers, captions, reference)
 
