@@ -226,16 +226,6 @@ class Run:
                                        "collect_s": info.seconds, "seconds": time.perf_counter() - tick}
         self.save()
 
-        self.teacher = None
-        if config.qat_steps:
-            calibration = [c.text for c in splits.calibration]  # never the evaluation captions
-            log(f"fine-tuning's teacher: {len(calibration)} calibration captions x {config.steps} steps, "
-                f"{config.qat_steps} calls drawn")
-            with progress(model, len(calibration), config.steps, "qat teacher"):
-                self.teacher = record_teacher(model, calibration, config.steps, config.qat_steps, seed=config.seed,
-                                              guidance_scale=config.guidance_scale, batch_size=BATCH_SIZE)
-            self.results["qat_teacher"] = {"captions": "calibration", "calls": len(self.teacher.calls),
-                                           "draws": self.teacher.draws, "seconds": self.teacher.seconds}
         tick = time.perf_counter()
         self.run_cells(self.jobs(model.targets()), scorers, evaluation, seeds, reference, stats)
         self.cells_seconds = time.perf_counter() - tick
@@ -315,9 +305,10 @@ class Run:
             if done is not None:
                 log(f"{job.key}: its code changed ({done.get('code')} -> {code}), computed again")
             todo.append(job)
+        teacher = self._teacher() if todo and self.config.qat_steps else None
         cells = self.processes.map(todo, len(captions), lambda job, part: generate_part(
             self.model, job, self.config, self.subset, stats, self._exact(job.spec, stats),
-            captions[part], seeds[part], progress, self.teacher))
+            captions[part], seeds[part], progress, teacher))
         for job, outcome in cells:  # on the main process, after each round
             self.record_cell(job, outcome, scorers, captions, reference)
 
@@ -334,6 +325,19 @@ class Run:
         self.results["cells"][job.key] = cell
         self.save()
         log(summary(job.key, cell))
+
+    def _teacher(self):
+        """Quantization-aware fine-tuning's teacher (``benchmark.run.qat``): the full-precision
+        model's calls on the calibration captions, never the evaluation ones; on every process."""
+        config, calibration = self.config, [c.text for c in self.splits.calibration]
+        log(f"fine-tuning's teacher: {len(calibration)} calibration captions x {config.steps} steps, "
+            f"{config.qat_steps} calls drawn")
+        with progress(self.model, len(calibration), config.steps, "qat teacher"):
+            teacher = record_teacher(self.model, calibration, config.steps, config.qat_steps, seed=config.seed,
+                                     guidance_scale=config.guidance_scale, batch_size=BATCH_SIZE)
+        self.results["qat_teacher"] = {"captions": "calibration", "calls": len(teacher.calls),
+                                       "draws": teacher.draws, "seconds": teacher.seconds}
+        return teacher
 
     def _exact(self, spec, stats) -> tuple[dict[str, float], float]:
         """Per group, the transform's relative error at full precision, and the seconds the
