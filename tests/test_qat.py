@@ -110,6 +110,13 @@ def test_finetuning_lowers_the_loss_and_restores_the_model(embedded):
     assert not any(p.requires_grad for p in model.transformer.parameters())
 
 
+def test_record_teacher_refuses_no_steps(embedded):
+    model, _ = embedded
+    for steps in (0, -3, 2.5):
+        with pytest.raises(UserError, match="positive number of steps"):
+            qat.record_teacher(model, CAPTIONS, STEPS, steps)
+
+
 def test_finetuning_is_deterministic(embedded):
     model, stats = embedded
     first_teacher = qat.record_teacher(model, CAPTIONS, STEPS, 4, seed=3, batch_size=2)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from benchmark.errors import UserError
 from benchmark.logs import get_logger
 from benchmark.run.calibration import caption_seeds
 from benchmark.run.distributed import is_main_process
@@ -98,6 +99,8 @@ def record_teacher(model, captions: Sequence[str], steps: int, qat_steps: int, s
     precision, and keep the denoiser calls that ``qat_steps`` seeded draws pick."""
     if model.is_quantized:
         raise RuntimeError("the teacher is the full-precision model: restore() it first")
+    if isinstance(qat_steps, bool) or not isinstance(qat_steps, int) or qat_steps < 1:
+        raise UserError(f"fine-tuning needs a positive number of steps, got {qat_steps!r}")
     captions = list(captions)
     total = -(-len(captions) // batch_size) * steps  # one call per step per batch of captions
     generator = torch.Generator().manual_seed(seed)
