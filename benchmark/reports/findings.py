@@ -395,6 +395,15 @@ class _Run:
         all pairs of the precision, as in the leaderboard)."""
         spec, unit, bullets = self.spec, _unit(self.spec), []
         steps = qat["config"]["qat_steps"]
+        timed = [c for c in qat["cells"].values() if c.get("status") == OK and "qat_s" in c.get("timings", {})]
+        if timed:
+            teacher = qat.get("qat_teacher", {}).get("seconds")
+            bullets.append(
+                f"Fine-tuning ({steps} steps per cell, on denoiser calls drawn from the full-precision generation of "
+                f"the calibration captions) added {np.mean([c['timings']['qat_s'] for c in timed]):.0f} s per cell "
+                f"on average on this run's machine (generating a cell's captions took "
+                f"{np.mean([c['timings'].get('generate_s', 0.0) for c in timed]):.0f} s)"
+                + (f", and recording the teacher {teacher:.0f} s once" if teacher is not None else "") + ".")
         for precision in qat["config"]["precisions"]:
             rows = compare_runs(_view(ptq, precision), _view(qat, precision), spec)
             if rows:
