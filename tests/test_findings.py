@@ -373,3 +373,12 @@ def test_fine_tuning_is_paired_with_its_post_training_twin():
                              "differences are significant after it (2 before)")
     assert "`hadanorm` − `none` +2.00 ± 0.00 dB at W4A4 (significant," in matter
     assert "`hadanorm` − `quarot`" in matter and "not significant" in matter
+
+
+def test_the_leaderboard_says_a_runs_cells_were_fine_tuned(tmp_path):
+    tuned = two_cells(1.0)
+    tuned["config"]["qat_steps"] = 40
+    write_json(tmp_path / "qat" / "results.json", tuned)
+    write_json(tmp_path / "ptq" / "results.json", two_cells(1.0))
+    text = render([tmp_path / "qat", tmp_path / "ptq"], tmp_path / "board.md")
+    assert text.count("every cell fine-tuned for 40 steps before it generated") == 1  # the qat run's only
