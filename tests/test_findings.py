@@ -118,11 +118,23 @@ def _check_against(section: str, board: dict, owners: dict[str, str]) -> int:
             assert board[shown[header[i]]]["sqnr"][row[0]] == (value, rank), (row[0], header[i])
             checked += 1
     text = "\n".join(line for line in lines if line not in table)
+    # fine-tuning: "`a` − `b` +x ± y dB at W4A3 (verdict, ...) after, ... before", the matrices of the
+    # fine-tuned run and of its post-training twin
+    tuned = re.search(r"Run `([^`]+)` fine-tunes run `([^`]+)`'s cells", text)
+    for line in [line for line in text.splitlines() if line.startswith("- Does the transform still matter")]:
+        for pair in re.finditer(r"`([^`]+)` − `([^`]+)` ((?:[^;]|\.\d)*)", line):
+            values = re.findall(rf"({VALUE}) ± \S+ dB at (\S+) \((significant|not significant)", pair[3])
+            assert len(values) == 2, pair[0]
+            for (value, precision, verdict), run in zip(values, (tuned[1], tuned[2]), strict=True):
+                entry = board[run, precision.lower()]["matrix"][md.cell(pair[1]), md.cell(pair[2])]
+                assert entry == value + ("*" if verdict == "significant" else ""), (pair[0], entry)
+                checked += 1
+        text = text.replace(line, "")
     # changes: "W6A6 − W4A4, transform by transform ...: least `a` +x ± y dB, most ..." and
     # "`run-b` − `run-a` at W4A4, transform by transform ..."
     for match in re.finditer(r"(?:`([^`]+)` − `([^`]+)` at (\S+)|(\S+) − (\S+)), transform by transform[^\n]*", text):
-        if match[1]:
-            later, earlier = board[match[1], shown[match[3]][1]]["sqnr"], board[match[2], shown[match[3]][1]]["sqnr"]
+        if match[1]:  # two runs at one precision (a fine-tuned run's may be no column of the table)
+            later, earlier = board[match[1], match[3].lower()]["sqnr"], board[match[2], match[3].lower()]["sqnr"]
         else:
             later, earlier = board[shown[match[4]]]["sqnr"], board[shown[match[5]]]["sqnr"]
         for value in re.finditer(rf"`([^`]+)` ({VALUE}) ± \S+ dB", match[0]):
@@ -364,9 +376,9 @@ def test_fine_tuning_is_paired_with_its_post_training_twin():
     assert bullets.pop(0) == ("- Fine-tuning (40 steps per cell, on denoiser calls drawn from the full-precision "
                               "generation of the calibration captions) added 12 s per cell on average on this run's "
                               "machine (generating a cell's captions took 4 s), and recording the teacher 7 s once.")
-    assert bullets[0].startswith("- 40 steps of fine-tuning at W4A4, `qat` − `ptq` transform by transform "
-                                 "(Holm over 3 transforms): `none` +1.00 ± 0.00 dB (better, p ")
-    assert bullets[2].startswith("- 40 steps of fine-tuning at W4A3")
+    assert bullets[0].startswith("- `qat` − `ptq` at W4A4, transform by transform (40 steps of fine-tuning; "
+                                 "Holm over 3 transforms): `none` +1.00 ± 0.00 dB (better, p ")
+    assert bullets[2].startswith("- `qat` − `ptq` at W4A3, transform by transform")
     # none is 2 dB below quarot before and after (significant); hadanorm and quarot differ by noise
     matter = bullets[1]
     assert matter.startswith("- Does the transform still matter after fine-tuning? At W4A4, 2 of these 3 "

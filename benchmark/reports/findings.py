@@ -410,8 +410,8 @@ class _Run:
                 shown = [f"{md.code(r['cell'])} {_signed(with_interval(spec, r['difference'].mean, r['difference']))}"
                          f"{unit} ({r['verdict']}, p {_p(r['p_value'])}, Holm-adjusted {_p(r['p_holm'])})"
                          for r in rows]
-                bullets.append(f"{steps} steps of fine-tuning at {_precision(precision)}, {md.code(qat_name)} − "
-                               f"{md.code(ptq_name)} transform by transform (Holm over {len(rows)} transforms): "
+                bullets.append(f"{md.code(qat_name)} − {md.code(ptq_name)} at {_precision(precision)}, transform by "
+                               f"transform ({steps} steps of fine-tuning; Holm over {len(rows)} transforms): "
                                + "; ".join(shown) + ".")
             after, before = (PairedDifferences(doc, precision, spec) for doc in (qat, ptq))
             labels = [label for label in after.labels if label in before.labels]
