@@ -281,3 +281,18 @@ def test_one_step_is_refused_where_the_pipeline_cannot_take_it(tiny, tmp_path, c
         assert not (tmp_path / "run" / "results.json").exists()
     else:
         assert code == 0, err[-3:]
+
+
+def test_validate_names_the_exclusions_of_a_family_whose_blocks_are_patterns():
+    # the UNet's blocks are patterns (down_blocks.*.resnets): its exclusions were reported as "none"
+    from benchmark.families.validate import excluded_summary, validate_family
+
+    covers = {c.name: c for c in validate_family("unet")}["covers every block linear"]
+    assert covers.passed and "excluded: time_emb_proj (" in covers.detail and "excluded: none" not in covers.detail
+    unet = families()["unet"].value
+    skipped = {"down_blocks.0.resnets.0.time_emb_proj": "why", "mid_block.resnets.1.time_emb_proj": "why",
+               "down_blocks.1.attentions.0.conv_dw": "a depthwise convolution"}
+    assert excluded_summary(unet, skipped) == "down_blocks.*.attentions.*.conv_dw (1), time_emb_proj (2)"
+    assert excluded_summary(unet, {}) == "none"
+    pixart = {c.name: c for c in validate_family("pixart")}["covers every block linear"]
+    assert pixart.detail.endswith("excluded: none")  # PixArt excludes nothing in its blocks

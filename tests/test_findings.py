@@ -118,11 +118,23 @@ def _check_against(section: str, board: dict, owners: dict[str, str]) -> int:
             assert board[shown[header[i]]]["sqnr"][row[0]] == (value, rank), (row[0], header[i])
             checked += 1
     text = "\n".join(line for line in lines if line not in table)
+    # fine-tuning: "`a` − `b` +x ± y dB at W4A3 (verdict, ...) after, ... before", the matrices of the
+    # fine-tuned run and of its post-training twin
+    tuned = re.search(r"Run `([^`]+)` fine-tunes run `([^`]+)`'s cells", text)
+    for line in [line for line in text.splitlines() if line.startswith("- Does the transform still matter")]:
+        for pair in re.finditer(r"`([^`]+)` − `([^`]+)` ((?:[^;]|\.\d)*)", line):
+            values = re.findall(rf"({VALUE}) ± \S+ dB at (\S+) \((significant|not significant)", pair[3])
+            assert len(values) == 2, pair[0]
+            for (value, precision, verdict), run in zip(values, (tuned[1], tuned[2]), strict=True):
+                entry = board[run, precision.lower()]["matrix"][md.cell(pair[1]), md.cell(pair[2])]
+                assert entry == value + ("*" if verdict == "significant" else ""), (pair[0], entry)
+                checked += 1
+        text = text.replace(line, "")
     # changes: "W6A6 − W4A4, transform by transform ...: least `a` +x ± y dB, most ..." and
     # "`run-b` − `run-a` at W4A4, transform by transform ..."
     for match in re.finditer(r"(?:`([^`]+)` − `([^`]+)` at (\S+)|(\S+) − (\S+)), transform by transform[^\n]*", text):
-        if match[1]:
-            later, earlier = board[match[1], shown[match[3]][1]]["sqnr"], board[match[2], shown[match[3]][1]]["sqnr"]
+        if match[1]:  # two runs at one precision (a fine-tuned run's may be no column of the table)
+            later, earlier = board[match[1], match[3].lower()]["sqnr"], board[match[2], match[3].lower()]["sqnr"]
         else:
             later, earlier = board[shown[match[4]]]["sqnr"], board[shown[match[5]]]["sqnr"]
         for value in re.finditer(rf"`([^`]+)` ({VALUE}) ± \S+ dB", match[0]):
@@ -326,3 +338,59 @@ def test_a_failed_cell_and_a_missing_one_do_not_break_the_section():
     table = headline_table(broken)
     assert "| none | failed |  |" in table
     assert readme_section(broken)
+
+
+def test_fine_tuning_is_paired_with_its_post_training_twin():
+    from benchmark.reports.findings import fine_tuned_pairs
+
+    base = captions()
+    noise = [random.Random(i).gauss(0, 0.3) for i in range(32)]
+
+    def run(gain, qat_steps=None):
+        cells = []
+        for precision, offset in (("w4a4", 0.0), ("w4a3", -6.0)):
+            cells += [cell("none", [v + offset - 2 + gain + n for v, n in zip(base, noise, strict=True)], precision),
+                      cell("quarot", [v + offset + gain for v in base], precision),
+                      cell("hadanorm", [v + offset + gain + n for v, n in zip(base, noise, strict=True)], precision)]
+        document = doc(cells, ("w4a4", "w4a3"))
+        if qat_steps:
+            document["config"]["qat_steps"] = qat_steps
+        return document
+
+    main_run, ptq, qat = two_cells(1.0), run(0.0), run(1.0, qat_steps=40)
+    for index, c in enumerate(qat["cells"].values()):
+        c["timings"] = {"qat_s": 10.0 + index, "generate_s": 4.0}
+    qat["qat_teacher"] = {"seconds": 7.0}
+    pairs, others = fine_tuned_pairs([("fp4", main_run), ("ptq", ptq), ("qat", qat)])
+    assert [(a, c) for a, _, c, _ in pairs] == [("ptq", "qat")] and [n for n, _ in others] == ["fp4"]
+    assert fine_tuned_pairs([("qat", qat)]) == ([], [("qat", qat)])  # no twin: an ordinary companion
+    other = copy.deepcopy(ptq)
+    other["config"]["grid"] = "min_anchored"  # not its twin: another configuration
+    assert fine_tuned_pairs([("other", other), ("qat", qat)])[0] == []
+
+    section = readme_section(main_run, companions=[("ptq", ptq), ("qat", qat)])
+    lines = section.splitlines()
+    assert "Run `qat` fine-tunes run `ptq`'s cells (40 steps) and is compared with it below." in section
+    start = lines.index("**Quantization-aware fine-tuning**")
+    bullets = [line for line in lines[start + 1:] if line.startswith("- ")][:5]
+    assert bullets.pop(0) == ("- Fine-tuning (40 steps per cell, on denoiser calls drawn from the full-precision "
+                              "generation of the calibration captions) added 12 s per cell on average on this run's "
+                              "machine (generating a cell's captions took 4 s), and recording the teacher 7 s once.")
+    assert bullets[0].startswith("- `qat` − `ptq` at W4A4, transform by transform (40 steps of fine-tuning; "
+                                 "Holm over 3 transforms): `none` +1.00 ± 0.00 dB (better, p ")
+    assert bullets[2].startswith("- `qat` − `ptq` at W4A3, transform by transform")
+    # none is 2 dB below quarot before and after (significant); hadanorm and quarot differ by noise
+    matter = bullets[1]
+    assert matter.startswith("- Does the transform still matter after fine-tuning? At W4A4, 2 of these 3 "
+                             "differences are significant after it (2 before)")
+    assert "`hadanorm` − `none` +2.00 ± 0.00 dB at W4A4 (significant," in matter
+    assert "`hadanorm` − `quarot`" in matter and "not significant" in matter
+
+
+def test_the_leaderboard_says_a_runs_cells_were_fine_tuned(tmp_path):
+    tuned = two_cells(1.0)
+    tuned["config"]["qat_steps"] = 40
+    write_json(tmp_path / "qat" / "results.json", tuned)
+    write_json(tmp_path / "ptq" / "results.json", two_cells(1.0))
+    text = render([tmp_path / "qat", tmp_path / "ptq"], tmp_path / "board.md")
+    assert text.count("every cell fine-tuned for 40 steps before it generated") == 1  # the qat run's only

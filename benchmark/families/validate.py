@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
+
 import torch
-from torch import nn
 
 from benchmark.errors import UserError
 from benchmark.families.registry import families
@@ -14,7 +16,20 @@ from benchmark.transform.exactness import EXACT_TOLERANCE, relative_error
 from benchmark.transform.registry import BASELINES, create_transform
 from benchmark.transform.validate import Check, synthetic_activations
 
-__all__ = ["validate_family"]
+__all__ = ["excluded_summary", "validate_family"]
+
+
+def excluded_summary(family, skipped: dict[str, str]) -> str:
+    """What discovery left out (``Targets.skipped``), by the family's exclusion that matched each
+    layer (a refused convolution by its name, indices as *), with how many layers: "none" if none.
+    From the discovery's own record: a family whose blocks are patterns (the UNet's
+    ``down_blocks.*.resnets``) is read as its discovery read it."""
+    counts: dict[str, int] = {}
+    for qualified in skipped:
+        name = next((pattern for pattern in family.exclude if fnmatch.fnmatchcase(qualified, f"*.{pattern}")),
+                    re.sub(r"\.\d+(?=\.|$)", ".*", qualified))
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} ({count})" for name, count in sorted(counts.items())) or "none"
 
 
 @torch.no_grad()
@@ -40,11 +55,9 @@ def validate_family(name: str) -> list[Check]:
         checks.append(Check("covers every block linear", False, f"{type(error).__name__}: {error}"))
         return checks
     linears = sum(len(g.linears) for g in groups)
-    covered = {n for g in groups for n, _ in g.linears}
-    excluded = sorted({n.split(".", 2)[2] for n, m in module.named_modules()
-                       if isinstance(m, nn.Linear) and n.split(".")[0] in family.blocks and n not in covered})
+    excluded = excluded_summary(family, groups.skipped)
     checks.append(Check("covers every block linear", True,
-                        f"{len(groups)} groups, {linears} linears; excluded: {', '.join(excluded) or 'none'}"))
+                        f"{len(groups)} groups, {linears} linears; excluded: {excluded}"))
     widths = [g.name for g in groups if len({lin.in_features for _, lin in g.linears}) != 1]
     checks.append(Check("one input width per group", not widths, ", ".join(widths) or f"{len(groups)} groups"))
 

@@ -110,6 +110,11 @@ class ModelAdapter(abc.ABC):
     def is_quantized(self) -> bool:
         return self._quantization is not None
 
+    @property
+    def quantization(self):
+        """The active ``benchmark.api.Quantization`` (its groups and modules), or None."""
+        return self._quantization
+
     def quantize(self, transform: Transform | str, precision: Precision | str,
                  stats: dict[str, CalibrationStats] | None = None,
                  only: Iterable[str] | None = None, kernel: str = "auto", **params) -> dict[str, dict]:

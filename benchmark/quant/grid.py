@@ -39,7 +39,7 @@ from benchmark.errors import UserError
 from .formats import FORMATS, quantize_fp4
 
 __all__ = ["GRIDS", "NUMBER_FORMATS", "Precision", "WEIGHT_ROUNDINGS", "fake_quantize", "grid_step",
-           "quantize_activation", "quantize_weight"]
+           "quantize_activation", "quantize_weight", "straight_through"]
 
 MIN_BITS, MAX_BITS = 2, 8
 GRIDS = ("zero_point", "min_anchored")
@@ -191,13 +191,21 @@ def grid_step(lo: torch.Tensor, hi: torch.Tensor, bits: int, grid: str = DEFAULT
     return torch.where(step > 0, step, torch.ones_like(step))
 
 
+def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q``'s values with ``x``'s gradient: the straight-through estimator (Bengio et al. 2013)
+    that quantization-aware fine-tuning trains through (rounding's own gradient is zero).
+    Written so that the values are ``q``'s bit for bit (``x - x`` is exactly 0)."""
+    return q.detach() + (x - x.detach())
+
+
 def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
                   inplace: bool = False, traceable: bool = False) -> torch.Tensor:
     """Asymmetric min-max fake quantization along the last dimension, on ``grid``.
 
     ``inplace``: overwrite ``x`` (the caller's own buffer) instead of allocating the result.
     ``traceable``: no data-dependent branch, for torch.compile (a NaN row comes out NaN, as
-    from the fused kernel, instead of raising); the values are the same."""
+    from the fused kernel, instead of raising); the values are the same.
+    While autograd records, the gradient is the straight-through one (``straight_through``)."""
     if grid not in GRIDS:
         raise UserError(f"unknown grid {grid!r}: use {' or '.join(GRIDS)}")
     # amin and amax, not aminmax: the same values, and several times faster on the CPU
@@ -211,7 +219,8 @@ def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
     q = None if recording else x if inplace else torch.empty_like(x)
     step = grid_step(lo, hi, bits, grid)
     if grid == "min_anchored":
-        return torch.sub(x, lo, out=q).div_(step).round_().clamp_(0, levels).mul_(step).add_(lo)
+        q = torch.sub(x, lo, out=q).div_(step).round_().clamp_(0, levels).mul_(step).add_(lo)
+        return straight_through(x, q) if recording else q
     zero = lo.clamp(max=0).neg_().div_(step).round_()
     # clamp(round(x / step) + zero, 0, levels) - zero: integers, exact in fp32. Only the top
     # bound can bind: x >= min and round is odd-symmetric, so round(x / step) >= -zero.
@@ -221,7 +230,7 @@ def fake_quantize(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID, *,
     constant = hi == lo
     if traceable or constant.any():  # a constant row is exact (it is its own max)
         q = torch.where(constant, hi, q) if not inplace else q.copy_(torch.where(constant, hi, q))
-    return q
+    return straight_through(x, q) if recording else q
 
 
 def quantize_activation(x: torch.Tensor, bits: int, grid: str = DEFAULT_GRID) -> torch.Tensor:

@@ -47,9 +47,9 @@ from benchmark.results.stats import (
 )
 from benchmark.run.config import hashed_differences
 
-__all__ = ["BEGIN", "END", "HEADLINE", "Difference", "PairedDifferences", "check_markers", "combine", "findings",
-           "headline_table", "kendall_tau", "paired_differences", "pick_run", "precision_differences",
-           "readme_section", "replace_section", "run_name", "section_of", "with_interval"]
+__all__ = ["BEGIN", "END", "HEADLINE", "Difference", "PairedDifferences", "check_markers", "combine",
+           "fine_tuned_pairs", "findings", "headline_table", "kendall_tau", "paired_differences", "pick_run",
+           "precision_differences", "readme_section", "replace_section", "run_name", "section_of", "with_interval"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEADLINE = "sqnr_db"                       # the metric of the table, the ranks and the findings
@@ -207,6 +207,24 @@ def combine(main: dict, companions: list[tuple[str, dict]]) -> tuple[dict, list[
     return merged_doc, merged, compared
 
 
+def fine_tuned_pairs(companions: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict, str, dict]],
+                                                                   list[tuple[str, dict]]]:
+    """The companion runs that fine-tune (``qat_steps``), each with its post-training twin among
+    the companions (the same configuration but for ``qat_steps``, the same precisions), as
+    (post-training name, run, fine-tuned name, run); and the other companions. A fine-tuned run
+    without its twin stays an ordinary companion."""
+    pairs, used = [], set()
+    for name, other in companions:
+        if not other["config"].get("qat_steps"):
+            continue
+        twin = next((n for n, doc in companions if n not in used and n != name and not doc["config"].get("qat_steps")
+                     and hashed_differences(doc["config"], other["config"]) == ["qat_steps"]), None)
+        if twin is not None:
+            pairs.append((twin, dict(companions)[twin], name, other))
+            used |= {twin, name}
+    return pairs, [(n, doc) for n, doc in companions if n not in used]
+
+
 def kendall_tau(x: Iterable[float], y: Iterable[float]) -> float | None:
     """Kendall's tau-b between two orderings of the same items (ties counted once per side);
     None when either side is constant or there are fewer than two items."""
@@ -251,8 +269,9 @@ class _Run:
     """One results document and one headline metric, with the tests of each precision computed once."""
 
     def __init__(self, results: dict, key: str = HEADLINE, main: str = "embedded",
-                 compared: list[tuple[str, dict]] = ()):
+                 compared: list[tuple[str, dict]] = (), fine_tuned: list[tuple[str, dict, str, dict]] = ()):
         self.results, self.spec, self.main, self.compared_runs = results, metric_spec(key), main, list(compared)
+        self.fine_tuned = list(fine_tuned)
         self.precisions = list(results["config"]["precisions"])
         self.labels = {c["label"] for c in results["cells"].values()}
         self._pairs: dict[tuple[str, str], PairedDifferences] = {}
@@ -376,6 +395,48 @@ class _Run:
         what = ", ".join(f"{k}={other['config'].get(k)}" for k in changed) or "the same configuration"
         return f"Run {md.code(name)} against {md.code(self.main)} ({md.text(what)})"
 
+    def fine_tuning(self, ptq_name: str, ptq: dict, qat_name: str, qat: dict) -> list[str]:
+        """Per precision: each transform fine-tuned against post-training (``compare_runs``: Holm
+        over the transforms), then whether the transforms still differ from each other (``none``
+        first, then HadaNorm against QuaRot) after fine-tuning and before (each run's own family of
+        all pairs of the precision, as in the leaderboard)."""
+        spec, unit, bullets = self.spec, _unit(self.spec), []
+        steps = qat["config"]["qat_steps"]
+        timed = [c for c in qat["cells"].values() if c.get("status") == OK and "qat_s" in c.get("timings", {})]
+        if timed:
+            teacher = qat.get("qat_teacher", {}).get("seconds")
+            bullets.append(
+                f"Fine-tuning ({steps} steps per cell, on denoiser calls drawn from the full-precision generation of "
+                f"the calibration captions) added {np.mean([c['timings']['qat_s'] for c in timed]):.0f} s per cell "
+                f"on average on this run's machine (generating a cell's captions took "
+                f"{np.mean([c['timings'].get('generate_s', 0.0) for c in timed]):.0f} s)"
+                + (f", and recording the teacher {teacher:.0f} s once" if teacher is not None else "") + ".")
+        for precision in qat["config"]["precisions"]:
+            rows = compare_runs(_view(ptq, precision), _view(qat, precision), spec)
+            if rows:
+                shown = [f"{md.code(r['cell'])} {_signed(with_interval(spec, r['difference'].mean, r['difference']))}"
+                         f"{unit} ({r['verdict']}, p {_p(r['p_value'])}, Holm-adjusted {_p(r['p_holm'])})"
+                         for r in rows]
+                bullets.append(f"{md.code(qat_name)} − {md.code(ptq_name)} at {_precision(precision)}, transform by "
+                               f"transform ({steps} steps of fine-tuning; Holm over {len(rows)} transforms): "
+                               + "; ".join(shown) + ".")
+            after, before = (PairedDifferences(doc, precision, spec) for doc in (qat, ptq))
+            labels = [label for label in after.labels if label in before.labels]
+            pairs = [(label, "none") for label in labels if label != "none" and "none" in labels]
+            if {"hadanorm", "quarot"} <= set(labels):
+                pairs.append(("hadanorm", "quarot"))
+            if not pairs:
+                continue
+            still = [after.get(a, b) for a, b in pairs]
+            was = [before.get(a, b) for a, b in pairs]
+            bullets.append(
+                f"Does the transform still matter after fine-tuning? At {_precision(precision)}, "
+                f"{sum(d.significant for d in still)} of these {len(pairs)} differences are significant after it "
+                f"({sum(d.significant for d in was)} before): "
+                + "; ".join(f"{_pair(d.a, d.b)} {d.value(spec)} after, {w.value(spec)} before"
+                            for d, w in zip(still, was, strict=True)) + ".")
+        return bullets
+
     def new_methods(self) -> list[str]:
         bullets = []
         for label in dict.fromkeys(c["label"] for c in self.results["cells"].values()
@@ -493,6 +554,8 @@ class _Run:
                     "GPTQ weight rounding": self.variant_bullets("weight_rounding")}
         for name, other in self.compared_runs:
             sections.setdefault(self.run_title(name, other), []).extend(self.run_bullets(name, other))
+        for pair in self.fine_tuned:
+            sections.setdefault("Quantization-aware fine-tuning", []).extend(self.fine_tuning(*pair))
         sections["Other metrics"] = self.other_metrics()
         for title, section in sections.items():
             section = [b for b in section if b]
@@ -523,8 +586,12 @@ def readme_section(results: dict, run: str = "embedded", leaderboard: str = "lea
     the findings and the caveat, all from ``results`` (run ``run``) and the ``companions``, (name,
     results) of other runs of the same captions (``combine``); ``leaderboard``: the link to the
     full leaderboard, relative to the README."""
-    document, merged, compared = combine(results, list(companions))
-    state = _Run(document, key, run, compared)
+    fine_tuned, others = fine_tuned_pairs(list(companions))
+    for ptq_name, ptq, qat_name, qat in fine_tuned:
+        _same_captions(results, ptq, ptq_name)
+        _same_captions(results, qat, qat_name)
+    document, merged, compared = combine(results, others)
+    state = _Run(document, key, run, compared, fine_tuned)
     spec, config = state.spec, document["config"]
     captions = len(results.get("captions", {}).get("evaluation", {}).get("ids", []))
     numerics = (results.get("environment", {}).get("numerics") or {}).get("mode", "native")
@@ -537,6 +604,9 @@ def readme_section(results: dict, run: str = "embedded", leaderboard: str = "lea
     origin = "".join(f" The {', '.join(_precision(p) for p in other['config']['precisions'])} columns are run "
                      f"{md.code(name)}'s." for name, other in companions if name in merged)
     origin += "".join(f" Run {md.code(name)} is compared with {md.code(run)} below." for name, _ in compared)
+    origin += "".join(f" Run {md.code(qat_name)} fine-tunes run {md.code(ptq_name)}'s cells "
+                      f"({qat['config']['qat_steps']} steps) and is compared with it below."
+                      for ptq_name, _, qat_name, qat in fine_tuned)
     labels = dict.fromkeys(c["label"] for c in document["cells"].values())
     lines = ["<!-- generated by `hadabench leaderboard --readme` (benchmark/reports/findings.py) from the runs "
              "named below: edit the generator, not this text -->",

@@ -212,7 +212,9 @@ def _run_sections(name: str, results: dict, link_base: Path) -> list[str]:
         lines += [f"### {md.text(precision)} · run {md.code(name)}", "",
                   f"{len(captions.get('evaluation', {}).get('ids', []))} {md.text(config['captions'])} captions, "
                   f"{config['steps']} steps, seed {config['seed']}, "
-                  f"numerics {md.text(numerics.get('mode', 'native'))}.", ""]
+                  f"numerics {md.text(numerics.get('mode', 'native'))}"
+                  + (f", every cell fine-tuned for {int(config['qat_steps'])} steps before it generated "
+                     "(quantization-aware fine-tuning)" if config.get("qat_steps") else "") + ".", ""]
         note = small_sample_note(len(captions.get("evaluation", {}).get("ids", [])))
         if note:
             lines += [f"**Small sample**: {md.text(note)}; the intervals, ranks and bold below are no claim.", ""]

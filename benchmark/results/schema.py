@@ -77,7 +77,14 @@ CELL = {
                               "per caption, in the evaluation split's order"),
     "groups": OptionalKey(Each(dict, "group"), "per quantized group: what the transform did (free-form)"),
     "kernel": OptionalKey(([str], str, None), "the online path(s) the cell ran on"),
-    "timings": OptionalKey(Each(NUMBER, "step"), "seconds: quantize_s, generate_s, metrics_s"),
+    "timings": OptionalKey(Each(NUMBER, "step"), "seconds: quantize_s, generate_s, metrics_s (qat_s)"),
+    "qat": OptionalKey({
+        "steps": Key(int, "fine-tuning steps"),
+        "learning_rate": Key(float, "Adam's learning rate"),
+        "initial_loss": Key(NUMBER, "the distillation loss before (1/SQNR against the teacher, 8 drawn calls)"),
+        "final_loss": Key(NUMBER, "the same loss after"),
+        "seconds": Key(NUMBER, "seconds the fine-tuning took"),
+    }, "only with --qat-steps: the cell's quantization-aware fine-tuning (transforms.md)"),
 }
 NUMERICS = {"mode": OptionalKey(str, "pinned, native or exact: what decided the floating-point paths"),
             "threads": OptionalKey(int, "threads per process")}
@@ -100,6 +107,7 @@ RESULTS = {
         "eval_size": OptionalKey(int, "evaluation captions"),
         "calib_size": OptionalKey(int, "calibration captions"),
         "weight_rounding": OptionalKey((str, None), "rtn or gptq (null: rtn, never set)"),
+        "qat_steps": OptionalKey((int, None), "quantization-aware fine-tuning steps (null: post-training only)"),
     }, "the whole resolved configuration (the option reference: running.md); the keys below are those "
        "read back"),
     "config_hash": Key(str, "the hash of what changes the numbers (not out, cache_dir, kernel, "
@@ -120,6 +128,8 @@ RESULTS = {
                               "timings": OptionalKey(Each(NUMBER, "step"), "seconds")},
                              "the full-precision generation"),
     "calibration": OptionalKey(dict, "cache hit, miss or rebuilt, key, path, seconds: free-form"),
+    "qat_teacher": OptionalKey({"seconds": OptionalKey(NUMBER, "seconds recording it")},
+                               "only with --qat-steps: the full-precision outputs the cells are distilled from"),
     "cells": Key(Each(CELL, "precision/label"), "one per precision and transform (a study's: with "
                                                 "[roles=...;blocks=...])"),
     "grids": OptionalKey(Each(str, "precision"), "the Figure-3 grid file per precision"),

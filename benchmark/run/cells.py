@@ -22,6 +22,7 @@ from benchmark.results.schema import FAILED, OK, cell_key, metric_value
 from benchmark.results.stats import recorded_spread
 from benchmark.run.config import RunConfig, TransformSpec
 from benchmark.run.distributed import BATCH_SIZE, failure
+from benchmark.run.qat import Teacher, finetune
 from benchmark.run.subset import Subset
 from benchmark.transform import exactness
 
@@ -40,10 +41,11 @@ class CellJob:
 
 
 def generate_part(model, job: CellJob, config: RunConfig, run_subset: Subset, stats, exact: tuple[dict, float],
-                  captions, seeds, progress) -> dict:
+                  captions, seeds, progress, teacher: Teacher | None = None) -> dict:
     """This process's part of a cell: the exactness check's outcome (``exact``: per group error
-    and seconds), then quantize and generate its captions (none when the transform is not exact
-    and that is not allowed)."""
+    and seconds), then quantize, fine-tune on the ``teacher``'s calls when there is one
+    (``--qat-steps``), and generate its captions (none when the transform is not exact and
+    that is not allowed)."""
     errors, seconds = exact
     part = {"exact_errors": errors, "exactness": {**exactness.summarize(errors), "check_s": seconds}}
     if not part["exactness"]["exact"] and not config.allow_inexact:
@@ -54,6 +56,9 @@ def generate_part(model, job: CellJob, config: RunConfig, run_subset: Subset, st
     with model.quantized(job.spec.name, quantized, stats, kernel=config.kernel,
                          only=(job.subset or run_subset).only(model.targets()), **dict(job.spec.params)) as groups:
         timings = {"quantize_s": time.perf_counter() - tick}
+        if teacher is not None:
+            part["qat"] = finetune(model, teacher, label=job.key)
+            timings["qat_s"] = part["qat"]["seconds"]
         tick = time.perf_counter()
         with progress(model, len(captions), config.steps, job.key):
             generation = model.generate(captions, seeds, steps=config.steps, batch_size=BATCH_SIZE,
@@ -87,6 +92,8 @@ def score_cell(job: CellJob, outcome, source, scorers, captions, reference, run_
             cell["groups"] = {name: {**described, "exact_error": errors.get(name)}
                               for name, described in first["groups"].items()}
             cell["kernel"] = first["kernel"]
+            if "qat" in first:
+                cell["qat"] = first["qat"]
             # wall times of the slowest process
             cell["timings"] = {k: max(p["timings"][k] for p in outcome.parts) for k in first["timings"]}
             generation = joined([p["generation"] for p in outcome.parts])
@@ -132,6 +139,8 @@ def summary(key: str, cell: dict) -> str:
         entry = cell["metrics"].get(spec.key)
         if entry is not None and spec.per_sample:
             shown.append(f"{spec.key} {spec.show(metric_value(entry))}{recorded_spread(entry)}")
+    if cell.get("qat"):
+        shown.append(f"qat loss {cell['qat']['initial_loss']:.4g} -> {cell['qat']['final_loss']:.4g}")
     seconds = sum(cell["timings"].values())
     inexact = "" if cell.get("exactness", {}).get("exact", True) else \
         f"  INEXACT at fp (relative error {cell['exactness']['worst_relative_error']:.2e}, allowed)"

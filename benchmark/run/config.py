@@ -197,6 +197,13 @@ class RunConfig:
         doc="`rtn` (round to nearest) or `gptq` (Frantar et al. 2022: column by column with the calibration "
             "inputs' Hessian, taken through the transform; integer weight grids only; calibration then keeps "
             "two C x C Hessians per group). Every cell records it")
+    qat_steps: int | None = option(
+        None, metavar="N", type=int, hashed="unless_none", shown="0",
+        help="quantization-aware fine-tuning steps per cell (default 0: post-training quantization only)",
+        doc="quantization-aware fine-tuning: each cell's quantized model is distilled from the full-precision "
+            "one for N steps (straight-through estimators; calibration captions only) before it generates, "
+            "then restored ([how](transforms.md#quantization-aware-fine-tuning)). 0: post-training only. "
+            "Every cell records its `qat` (steps, seconds, losses)")
     download_weights: bool = option(False, switch=True, hashed=False, shown="off",
                                     help="let CLIP score, CLIP-IQA, LPIPS, FID and ImageReward fetch missing weights "
                                          "(otherwise: not computed)",
@@ -249,6 +256,13 @@ class RunConfig:
                     raise UserError(f"unknown {opt.what or opt.name} {item!r}: use {', '.join(allowed)}")
         if self.weight_rounding == "rtn":
             self.weight_rounding = None  # the default: hashed like a configuration that never set it
+        if self.qat_steps is not None and self.qat_steps < 0:
+            raise UserError(f"qat_steps must be an integer >= 0, got {self.qat_steps}")
+        if self.qat_steps == 0:
+            self.qat_steps = None  # post-training, the default: hashed like a configuration without the key
+        if self.qat_steps and self.weight_rounding == "gptq":
+            raise UserError("qat_steps fine-tunes round-to-nearest weights; weight_rounding='gptq' cannot be "
+                            "fine-tuned (use one or the other)")
         if self.guidance_scale is not None:
             self.guidance_scale = float(self.guidance_scale)  # 4 in a TOML file and 4.0 hash alike
             if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:

@@ -40,6 +40,7 @@ from benchmark.run.config import RunConfig, hashed_differences
 from benchmark.run.distributed import BATCH_SIZE, Processes, is_main_process
 from benchmark.run.folder import RunFolder, check_folder, save_images
 from benchmark.run.provenance import environment
+from benchmark.run.qat import record_teacher
 from benchmark.run.scoring import Scorers
 from benchmark.run.subset import Subset
 from benchmark.transform import exactness
@@ -242,8 +243,9 @@ class Run:
         reference = self.results["reference"]["timings"]
         parts = {"reference": reference.get("generate_s", 0.0),
                  "calibration": self.results["calibration"].get("collect_s", 0.0),
-                 "cells (quantize + generate)": sum(c["timings"].get("quantize_s", 0) +
-                                                    c["timings"].get("generate_s", 0) for c in cells),
+                 "cells (quantize + fine-tune + generate)": sum(
+                     c["timings"].get("quantize_s", 0) + c["timings"].get("qat_s", 0) +
+                     c["timings"].get("generate_s", 0) for c in cells),
                  "metrics": reference.get("metrics_s", 0.0) + sum(c["timings"].get("metrics_s", 0) for c in cells)}
         log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) +
             f"; this run: {self.done['computed']} cells computed, {self.done['skipped']} done before, "
@@ -308,9 +310,10 @@ class Run:
             if done is not None and not damage:
                 log(f"{job.key}: its code changed ({done.get('code')} -> {code}), computed again")
             todo.append(job)
+        teacher = self._teacher() if todo and self.config.qat_steps else None
         cells = self.processes.map(todo, len(captions), lambda job, part: generate_part(
             self.model, job, self.config, self.subset, stats, self._exact(job.spec, stats),
-            captions[part], seeds[part], progress))
+            captions[part], seeds[part], progress, teacher))
         for job, outcome in cells:  # on the main process, after each round
             self.record_cell(job, outcome, scorers, captions, reference)
 
@@ -327,6 +330,19 @@ class Run:
         self.results["cells"][job.key] = cell
         self.save()
         log(summary(job.key, cell))
+
+    def _teacher(self):
+        """Quantization-aware fine-tuning's teacher (``benchmark.run.qat``): the full-precision
+        model's calls on the calibration captions, never the evaluation ones; on every process."""
+        config, calibration = self.config, [c.text for c in self.splits.calibration]
+        log(f"fine-tuning's teacher: {len(calibration)} calibration captions x {config.steps} steps, "
+            f"{config.qat_steps} calls drawn")
+        with progress(self.model, len(calibration), config.steps, "qat teacher"):
+            teacher = record_teacher(self.model, calibration, config.steps, config.qat_steps, seed=config.seed,
+                                     guidance_scale=config.guidance_scale, batch_size=BATCH_SIZE)
+        self.results["qat_teacher"] = {"captions": "calibration", "calls": len(teacher.calls),
+                                       "draws": teacher.draws, "seconds": teacher.seconds}
+        return teacher
 
     def _exact(self, spec, stats) -> tuple[dict[str, float], float]:
         """Per group, the transform's relative error at full precision, and the seconds the

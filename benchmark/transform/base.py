@@ -27,7 +27,7 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.quant.formats import quantize_fp4
 from benchmark.quant.gptq import gptq_quantize_weight
-from benchmark.quant.grid import Precision, quantize_weight
+from benchmark.quant.grid import Precision, quantize_weight, straight_through
 from benchmark.quant.hadamard import HadamardRotation
 from benchmark.quant.kernels import Workspace, online_function, resolve_kernel
 
@@ -205,17 +205,16 @@ class TransformedLinear(QuantizedGroup):
         # The online part computes in float32 whatever the model's dtype (kernels.__init__), so
         # the scales and the weight quantizer do too: 1/s of a near-dead channel (up to 1e5) is
         # inf in float16, and a bfloat16 grid rounds worse than one rounding at the end.
-        exact_dtype = torch.promote_types(dtype, torch.float32)
-        folded = weight.double()
+        self.exact_dtype = torch.promote_types(dtype, torch.float32)
+        # kept (one vector) so that fine-tuning can fold the original weights again (``fold``)
+        self.fold_scale = None if scale is None else scale.detach()
         if scale is not None:
-            folded = folded * scale.double().to(device)
-            self.register_buffer("inv_scale", (1.0 / scale.double()).to(dtype=exact_dtype, device=device))
+            self.register_buffer("inv_scale", (1.0 / scale.double()).to(dtype=self.exact_dtype, device=device))
         else:
             self.inv_scale = None
         self.rotation = rotation.to(device) if rotation is not None else None
-        if rotation is not None:
-            folded = self.rotation(folded)  # rows: (W diag(s) R^T)^T = R diag(s) W^T
-        folded = folded.to(exact_dtype)
+        self.latent = None  # quantization-aware fine-tuning's weight (``train_weight``)
+        folded = self.fold(weight)
         if precision.weight_bits is not None and precision.weight_format != "int":
             folded = quantize_fp4(folded, precision.weight_format)  # blocks along the input channels
         elif precision.weight_bits is not None and precision.weight_rounding == "gptq":
@@ -231,6 +230,49 @@ class TransformedLinear(QuantizedGroup):
         keep_original = center and correction == "exact"
         self.register_buffer("original_weight", weight.clone() if keep_original else None)
         self.use_kernel("auto")
+
+    def fold(self, weight: torch.Tensor) -> torch.Tensor:
+        """The folded weight ``W diag(s) R^T`` of ``weight`` (the group's stacked original
+        weights), before quantization, in float32 or wider."""
+        folded = weight.double()
+        if self.fold_scale is not None:
+            folded = folded * self.fold_scale.double().to(weight.device)
+        if self.rotation is not None:
+            folded = self.rotation(folded)  # rows: (W diag(s) R^T)^T = R diag(s) W^T
+        return folded.to(self.exact_dtype)
+
+    # -- quantization-aware fine-tuning (benchmark.run.qat) --
+    def train_weight(self, weight: torch.Tensor) -> nn.Parameter:
+        """Make the folded full-precision weight of ``weight`` (the group's stacked original
+        weights) a parameter: until ``settle``, the forward quantizes it on every call with the
+        straight-through gradient. Round-to-nearest weights only (GPTQ's rounding has no STE)."""
+        if self.precision.weight_rounding != "rtn":
+            raise UserError(f"quantization-aware fine-tuning rounds weights to nearest, not by "
+                            f"{self.precision.weight_rounding}")
+        self.latent = nn.Parameter(self.fold(weight.detach()))
+        return self.latent
+
+    def settle(self) -> None:
+        """End fine-tuning: the trained weight, quantized as at construction, becomes the weight."""
+        if self.latent is None:
+            return
+        with torch.no_grad():
+            self.weight = self.precision.quantize_weight(self.latent).to(self.weight.dtype).contiguous()
+        self.latent = None
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The quantized weight the forward multiplies: the buffer, or while fine-tuning the
+        trained weight quantized now, with the straight-through gradient."""
+        if self.latent is None:
+            return self.weight
+        quantized = self.precision.quantize_weight(self.latent.detach())
+        return straight_through(self.latent, quantized).to(self.weight.dtype)
+
+    @property
+    def transient(self) -> bool:
+        """Whether the online result may live in the shared workspace: not while fine-tuning,
+        when autograd keeps it for the backward pass."""
+        return self.latent is None
 
     @property
     def activation_format(self) -> str:
@@ -289,7 +331,8 @@ class TransformedLinear(QuantizedGroup):
 
     def forward(self, x: torch.Tensor):
         mu = x.mean(dim=-2, keepdim=True) if self.center else None
-        y = F.linear(self.online(x, mu, self.precision.activation_bits, transient=True), self.weight, self.bias)
+        y = F.linear(self.online(x, mu, self.precision.activation_bits, transient=self.transient),
+                     self.quantized_weight(), self.bias)
         if mu is not None:
             y += self.mean_term(mu)  # in place: y is ours
         return tuple(y.split(self.out_features, dim=-1))
@@ -300,7 +343,7 @@ class TransformedLinear(QuantizedGroup):
         if self.correction == "exact":
             return F.linear(mu, self.original_weight)
         bits = self.precision.activation_bits if self.correction == "quantized_token" else None
-        return F.linear(self.online(mu, None, bits), self.weight)
+        return F.linear(self.online(mu, None, bits), self.quantized_weight())
 
     def describe(self) -> dict:
         p = self.precision

@@ -111,7 +111,7 @@ class ConvTransformed(QuantizedGroup):
     def folded_kernel(self) -> torch.Tensor:
         """The folded, quantized kernel (C_out, C_in, kh, kw): a view of the tap weight."""
         kh, kw = self.kernel_size
-        return self.taps.weight.view(self.out_channels, kh, kw, -1).permute(0, 3, 1, 2)
+        return self.taps.quantized_weight().view(self.out_channels, kh, kw, -1).permute(0, 3, 1, 2)
 
     def use_kernel(self, kernel: str) -> ConvTransformed:
         """The online part's path ("auto", "torch", "triton", "compile"), as ``TransformedLinear``."""
@@ -145,7 +145,7 @@ class ConvTransformed(QuantizedGroup):
             raise UserError(f"a quantized convolution reads (N, C, H, W), got shape {tuple(x.shape)}")
         tokens = x.flatten(2).transpose(1, 2)  # (N, H*W, C): every pixel a token
         mu = tokens.mean(dim=-2, keepdim=True) if self.taps.center else None
-        online = self.taps.online(tokens, mu, self.taps.precision.activation_bits, transient=True)
+        online = self.taps.online(tokens, mu, self.taps.precision.activation_bits, transient=self.taps.transient)
         y = self._conv(online.transpose(1, 2).unflatten(2, x.shape[2:]), self.folded_kernel.to(online.dtype),
                        None if self.conv_bias is None else self.conv_bias.to(online.dtype))
         if mu is not None:

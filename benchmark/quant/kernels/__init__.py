@@ -34,7 +34,16 @@ import torch
 
 from benchmark.errors import UserError
 from benchmark.quant.formats import FORMATS, quantize_fp4
-from benchmark.quant.grid import DEFAULT_GRID, GRIDS, MAX_BITS, MIN_BITS, _check_bits, fake_quantize, grid_step
+from benchmark.quant.grid import (
+    DEFAULT_GRID,
+    GRIDS,
+    MAX_BITS,
+    MIN_BITS,
+    _check_bits,
+    fake_quantize,
+    grid_step,
+    straight_through,
+)
 from benchmark.quant.hadamard import HadamardRotation, apply_factors
 from benchmark.quant.kernels.compiled import compile_available
 from benchmark.quant.kernels.plan import plan_layout
@@ -281,7 +290,8 @@ def torch_transform_quantize(
         h = apply_factors(h, factors, None, rotation.block, spare=spare,
                           inplace=h is not x and not recording and h.is_contiguous())
     if bits is not None and fmt != "int":
-        h = quantize_fp4(h, fmt)  # in the compute dtype, like the INT grids; a new tensor
+        q = quantize_fp4(h, fmt)  # in the compute dtype, like the INT grids; a new tensor
+        h = straight_through(h, q) if recording else q
     elif bits is not None:
         _check_bits(bits)
         h = fake_quantize(h, bits, grid, inplace=h is not x)  # new tensors while autograd records
