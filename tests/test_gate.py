@@ -117,3 +117,27 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_every_gated_configuration_hashes_like_its_published_run():
+    """Each run of tox's gate (``--config X --out .../NAME`` and its flags) has the hash of the
+    committed ``leaderboard/NAME`` it is checked against: a default that changes (a metric added
+    to the default list) fails here in a second, not after the gate's twenty minutes."""
+    import configparser
+    import shlex
+
+    from benchmark.run.config import load_config
+
+    root = Path(__file__).parents[1]
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(root / "tox.ini")
+    runs = [shlex.split(line.replace("{/}", "/")) for line in tox["testenv:gate"]["commands"].splitlines()
+            if line.strip().startswith("hadabench run")]
+    assert len(runs) >= 5
+    for argv in runs:
+        flags = {flag: value for flag, value in zip(argv, [*argv[1:], ""], strict=True)
+                 if flag.startswith("--") and not value.startswith("--")}  # --fresh takes no value
+        name = flags["--out"].rsplit("/", 1)[-1]
+        overrides = {"qat_steps": int(flags["--qat-steps"])} if "--qat-steps" in flags else {}
+        config = load_config(str(root / flags["--config"]), overrides, fresh=True)
+        assert config.hash() == read_results(root / "leaderboard" / name)["config_hash"], name
