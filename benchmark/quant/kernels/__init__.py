@@ -82,8 +82,8 @@ AUTO = "auto"
 
 
 def kernel_choices() -> tuple[str, ...]:
-    """What ``--kernel`` takes: "auto", then every registered kernel."""
-    return (AUTO, *KERNELS.builtin_names(), *(n for n in KERNELS if n not in KERNELS.builtin_names()))
+    """What ``--kernel`` takes: "auto", then every registered kernel (built-in ones first)."""
+    return (AUTO, *KERNELS)
 
 
 def _check_format(fmt: str, bits: int | None) -> None:
